@@ -1,0 +1,331 @@
+"""Pippo: DiT generator + reference encoder + camera MLP + ControlMLP, composed in one module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pippo_lightning.models.camera import CameraMLP
+from pippo_lightning.models.control import ControlMLP
+from pippo_lightning.models.dit import DiT
+from pippo_lightning.models.reference import ReferenceEncoder
+
+PLUCKER_CHANNELS = 6  # (direction, moment) of each pixel's ray
+
+
+@dataclass(frozen=True)
+class PippoConfig:
+    """Architecture hyper-parameters; sizes come from MODEL_SIZES via `pippo_config`."""
+
+    latent_channels: int = 4
+    latent_size: int = 16  # h == w of one view's latent grid
+    patch_size: int = 2
+    dim: int = 96
+    depth: int = 2
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    camera_features: int = 16
+    camera_hidden: int = 64
+    plucker_siren_layers: tuple[int, ...] = (16, 32)
+    plucker_features: int = 32
+    use_cameras: bool = True  # camera MLP (M2, P3)
+    use_control: bool = True  # ControlMLP (P3)
+    control_xt: bool = True  # x_t joins the ControlMLP input
+
+    def __post_init__(self) -> None:
+        # Hydra hands lists over; keep the dataclass hashable and comparable
+        object.__setattr__(self, "plucker_siren_layers", tuple(self.plucker_siren_layers))
+        positive = (
+            "latent_channels",
+            "latent_size",
+            "patch_size",
+            "dim",
+            "depth",
+            "num_heads",
+            "camera_features",
+            "camera_hidden",
+            "plucker_features",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"PippoConfig.{name} must be a positive int, got {value!r}")
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"PippoConfig.mlp_ratio must be > 0, got {self.mlp_ratio!r}")
+        if self.dim % self.num_heads:
+            raise ValueError(
+                f"PippoConfig.dim={self.dim} must be divisible by num_heads={self.num_heads}"
+            )
+        if self.dim % 4:
+            raise ValueError(
+                f"PippoConfig.dim={self.dim} must be divisible by 4 (2-D sin-cos embedding)"
+            )
+        if self.latent_size % self.patch_size:
+            raise ValueError(
+                f"PippoConfig.latent_size={self.latent_size} must be divisible by "
+                f"patch_size={self.patch_size}"
+            )
+        if not self.plucker_siren_layers or any(
+            not isinstance(w, int) or w < 1 for w in self.plucker_siren_layers
+        ):
+            raise ValueError(
+                "PippoConfig.plucker_siren_layers must be a non-empty tuple of positive ints, "
+                f"got {self.plucker_siren_layers!r}"
+            )
+        if self.use_control and self.patch_size != 2:
+            # the ControlMLP's single stride-2 conv makes exactly one token per 2x2 patch
+            raise ValueError(
+                f"PippoConfig.patch_size={self.patch_size}: use_control=True needs patch_size 2"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        """Channels per attention head."""
+        return self.dim // self.num_heads
+
+    @property
+    def tokens_per_view(self) -> int:
+        """Tokens of one view (and of the reference): (latent_size / patch_size)^2."""
+        return (self.latent_size // self.patch_size) ** 2
+
+
+MODEL_SIZES: dict[str, dict[str, Any]] = {
+    "micro": {"dim": 96, "depth": 2, "num_heads": 4, "camera_hidden": 64},
+    "tiny": {"dim": 768, "depth": 12, "num_heads": 24, "camera_hidden": 1024},
+    "full": {"dim": 1536, "depth": 28, "num_heads": 24, "camera_hidden": 1024},
+}
+
+
+def pippo_config(size: str, **overrides: Any) -> PippoConfig:
+    """Config of a named size ("micro", "tiny", "full") with field overrides."""
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown model size {size!r}; valid sizes: {sorted(MODEL_SIZES)}")
+    known = {f.name for f in fields(PippoConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown PippoConfig fields {unknown}; valid fields: {sorted(known)}")
+    return replace(PippoConfig(**MODEL_SIZES[size]), **overrides)
+
+
+class NullEmbeddings(nn.Module):
+    """Learned stand-ins for dropped conditions (classifier-free guidance), zero at init."""
+
+    def __init__(self, dim: int, use_cameras: bool) -> None:
+        super().__init__()
+        self.ref = nn.Parameter(torch.zeros(1, 1, 1, dim))  # broadcasts over [B, R, N, D]
+        cam_pose = nn.Parameter(torch.zeros(1, 1, dim)) if use_cameras else None  # over [B, NV, D]
+        self.register_parameter("cam_pose", cam_pose)
+
+
+class Pippo(nn.Module):
+    """Multi-view diffusion transformer: denoise NV target views given a reference and controls."""
+
+    def __init__(self, config: PippoConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        self.generator = DiT(
+            cfg.latent_channels,
+            cfg.latent_size,
+            cfg.patch_size,
+            cfg.dim,
+            cfg.depth,
+            cfg.num_heads,
+            cfg.mlp_ratio,
+        )
+        self.ref_encoder = ReferenceEncoder(
+            cfg.latent_channels, cfg.latent_size, cfg.patch_size, cfg.dim
+        )
+        self.camera_mlp = (
+            CameraMLP(cfg.camera_features, cfg.camera_hidden, cfg.dim) if cfg.use_cameras else None
+        )
+        self.control_mlp = (
+            ControlMLP(
+                cfg.latent_channels,
+                cfg.dim,
+                cfg.depth,
+                cfg.plucker_siren_layers,
+                cfg.plucker_features,
+                use_xt=cfg.control_xt,
+            )
+            if cfg.use_control
+            else None
+        )
+        self.null = NullEmbeddings(cfg.dim, cfg.use_cameras)
+
+    def forward(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        ref_latent: Tensor,
+        cam_pose: Tensor | None = None,
+        ref_cam_pose: Tensor | None = None,
+        plucker: Tensor | None = None,
+        ref_plucker: Tensor | None = None,
+        anchor_latents: Tensor | None = None,
+        drop_ref: Tensor | None = None,
+        drop_cameras: Tensor | None = None,
+        drop_control: Tensor | None = None,
+        attention_scale: float | None = None,
+    ) -> Tensor:
+        """Predict eps for x_t [B, NV, C, h, w]; see `_check_inputs` for every shape.
+
+        drop_* are bool [B] masks (True = that sample gets the learned null condition), so the
+        conditional and unconditional passes of classifier-free guidance share this one path.
+        drop_cameras replaces the target views' camera embeddings; the reference's camera is part
+        of the reference tokens and goes with drop_ref, as in the original.
+        """
+        self._check_inputs(
+            x_t, t, ref_latent, cam_pose, ref_cam_pose, plucker, ref_plucker, anchor_latents
+        )
+        batch, num_views = x_t.shape[:2]
+        for name, mask in (
+            ("drop_ref", drop_ref),
+            ("drop_cameras", drop_cameras),
+            ("drop_control", drop_control),
+        ):
+            _check_mask(name, mask, batch)
+
+        targets = self.generator.embed_views(x_t)  # [B, NV, N, D]
+        refs = self.ref_encoder(ref_latent)  # [B, R, N, D]
+        if self.camera_mlp is not None:
+            cams = self.camera_mlp(cam_pose)  # [B, NV, D]
+            if drop_cameras is not None:
+                cams = torch.where(drop_cameras[:, None, None], self.null.cam_pose, cams)
+            targets = targets + cams[:, :, None]
+            refs = refs + self.camera_mlp(ref_cam_pose)[:, :, None]
+        if drop_ref is not None:
+            refs = torch.where(drop_ref[:, None, None, None], self.null.ref, refs)
+        # order matters for the controls and the output split: target views, then reference
+        tokens = torch.cat([targets, refs], dim=1)
+
+        controls = None
+        if self.control_mlp is not None:
+            xt_all = torch.cat([x_t, torch.zeros_like(ref_latent)], dim=1)  # no noise on the ref
+            controls = self.control_mlp(
+                anchor_latents,
+                torch.cat([plucker, ref_plucker], dim=1),
+                t,
+                x_t=xt_all,
+                drop=drop_control,
+            )
+
+        tokens = self.generator(tokens, t, controls=controls, attention_scale=attention_scale)
+        return self.generator.unembed_views(tokens[:, :num_views])
+
+    def _check_inputs(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        ref_latent: Tensor,
+        cam_pose: Tensor | None,
+        ref_cam_pose: Tensor | None,
+        plucker: Tensor | None,
+        ref_plucker: Tensor | None,
+        anchor_latents: Tensor | None,
+    ) -> None:
+        """Raise ValueError naming the argument, expected and found shape."""
+        cfg = self.config
+        c, s = cfg.latent_channels, cfg.latent_size
+        if x_t.dim() != 5:
+            raise ValueError(
+                f"x_t: expected shape [B, NV, C={c}, h={s}, w={s}], found {tuple(x_t.shape)}"
+            )
+        b, nv = x_t.shape[:2]
+        _check_shape("x_t", x_t, ("B", b), ("NV", nv), ("C", c), ("h", s), ("w", s))
+        _check_shape("t", t, ("B", b))
+        if ref_latent.dim() != 5:
+            raise ValueError(
+                f"ref_latent: expected shape [B={b}, R, C={c}, h={s}, w={s}], "
+                f"found {tuple(ref_latent.shape)}"
+            )
+        r = ref_latent.shape[1]
+        _check_shape("ref_latent", ref_latent, ("B", b), ("R", r), ("C", c), ("h", s), ("w", s))
+        if cfg.use_cameras:
+            f = cfg.camera_features
+            _require("cam_pose", cam_pose, "use_cameras")
+            _require("ref_cam_pose", ref_cam_pose, "use_cameras")
+            _check_shape("cam_pose", cam_pose, ("B", b), ("NV", nv), ("F", f))
+            _check_shape("ref_cam_pose", ref_cam_pose, ("B", b), ("R", r), ("F", f))
+        if cfg.use_control:
+            _require("anchor_latents", anchor_latents, "use_control")
+            _require("plucker", plucker, "use_control")
+            _require("ref_plucker", ref_plucker, "use_control")
+            _check_shape(
+                "anchor_latents",
+                anchor_latents,
+                ("B", b),
+                ("NV+R", nv + r),
+                ("C", c),
+                ("h", s),
+                ("w", s),
+            )
+            size = tuple(plucker.shape[-2:]) if plucker.dim() == 5 else (s, s)
+            for name, rays, views in (
+                ("plucker", plucker, ("NV", nv)),
+                ("ref_plucker", ref_plucker, ("R", r)),
+            ):
+                _check_shape(
+                    name,
+                    rays,
+                    ("B", b),
+                    views,
+                    ("6", PLUCKER_CHANNELS),
+                    ("H", size[0]),
+                    ("W", size[1]),
+                )
+                if size[0] % s or size[1] % s:
+                    raise ValueError(
+                        f"{name}: expected pixel size H, W multiples of the latent size {s}, "
+                        f"found {tuple(rays.shape)}"
+                    )
+
+
+def _require(name: str, value: Tensor | None, flag: str) -> None:
+    if value is None:
+        raise ValueError(f"{name} is required when PippoConfig.{flag}=True")
+
+
+def _check_shape(name: str, tensor: Tensor, *dims: tuple[str, int]) -> None:
+    """Compare `tensor.shape` with named sizes, e.g. ("B", 2), ("NV", 3)."""
+    if tuple(tensor.shape) != tuple(size for _, size in dims):
+        expected = ", ".join(
+            f"{label}={size}" if label != str(size) else label for label, size in dims
+        )
+        raise ValueError(f"{name}: expected shape [{expected}], found {tuple(tensor.shape)}")
+
+
+def _check_mask(name: str, mask: Tensor | None, batch: int) -> None:
+    if mask is None:
+        return
+    if mask.dtype != torch.bool or tuple(mask.shape) != (batch,):
+        raise ValueError(
+            f"{name}: expected a bool mask of shape [B={batch}], "
+            f"found {mask.dtype} {tuple(mask.shape)}"
+        )
+
+
+def count_parameters(model: Pippo) -> dict[str, int]:
+    """Parameter counts per part (works on the meta device).
+
+    generator: the DiT alone (patchify, position table, timestep embedder, blocks, output layer),
+    without the original's unused per-block cross-attention weights; this is the paper's
+    "generator" minus those (tiny 128.4M, full 1192.7M at latent 16). control_mlp includes its
+    own timestep embedder, SIREN and null token; null_embeddings counts the reference and camera
+    nulls; total is everything.
+    """
+
+    def numel(module: nn.Module | None) -> int:
+        return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+    counts = {
+        "generator": numel(model.generator),
+        "control_mlp": numel(model.control_mlp),
+        "camera_mlp": numel(model.camera_mlp),
+        "ref_encoder": numel(model.ref_encoder),
+        "null_embeddings": numel(model.null),
+    }
+    counts["total"] = numel(model)
+    return counts
