@@ -1,0 +1,123 @@
+"""What every Hydra entry point shares: where configs live, how user errors are reported."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from pippo_lightning.compressors.base import CompressorLoadError
+from pippo_lightning.data.schema import SampleError
+from pippo_lightning.errors import PippoError
+from pippo_lightning.stages.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: configs/ at the repository root (the package is installed in editable mode).
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+#: experiments/ holds the named recipes, composed as the `experiment` config group.
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[3] / "experiments"
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    PippoError,
+    ConfigError,
+    CompressorLoadError,
+    SampleError,
+    FileNotFoundError,
+)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one clear error line and exit non-zero."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def guarded(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Run a Hydra task; user errors become one line on stderr and exit code 2."""
+
+    def wrapper(cfg: DictConfig) -> Any:
+        try:
+            return task(cfg)
+        except USER_ERRORS as err:
+            fail(str(err))
+        except hydra.errors.InstantiationException as err:
+            cause = err.__cause__
+            if isinstance(cause, USER_ERRORS):
+                fail(str(cause))
+            # Hydra wraps the real error over several lines; keep them, on one line.
+            fail(" ".join(line.strip() for line in str(err).splitlines() if line.strip()))
+
+    wrapper.__name__ = task.__name__
+    wrapper.__doc__ = task.__doc__
+    return wrapper
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a group such as `callbacks` or `logger` that has a target."""
+    if not group:
+        return []
+    return [
+        hydra.utils.instantiate(node)
+        for node in group.values()
+        if isinstance(node, DictConfig) and "_target_" in node
+    ]
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The composed config as plain data, for hyperparameter logging and checkpoints."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[return-value]
+
+
+def _config_name(argv: list[str], default: str) -> str:
+    for flag in ("--config-name", "-cn"):
+        if flag in argv[:-1]:
+            return argv[argv.index(flag) + 1]
+        for arg in argv:
+            if arg.startswith(f"{flag}="):
+                return arg.split("=", 1)[1]
+    return default
+
+
+def check_overrides(default_config: str, argv: list[str] | None = None) -> None:
+    """Compose the config once with the command line's plain overrides before Hydra runs, so
+    an unknown key or bad value is reported as one line (Hydra's own report spans several).
+
+    Sweep overrides (`a=1,2`) and Hydra's flags are left for Hydra itself to check.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf.errors import OmegaConfBaseException
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("--help", "-h", "--hydra-help", "--info", "-i") for a in argv):
+        return
+    candidates = [a for a in argv if not a.startswith("-") and "=" in a]
+    flag_values = {
+        argv[i + 1]
+        for i, a in enumerate(argv[:-1])
+        if a in ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd")
+    }
+    candidates = [a for a in candidates if a not in flag_values]
+    try:
+        parsed = OverridesParser.create().parse_overrides(candidates)
+    except Exception as err:  # Hydra's own message names the bad token
+        fail(" ".join(str(err).split()))
+    plain_overrides = [
+        o.input_line for o in parsed if not o.is_sweep_override() and not o.is_hydra_override()
+    ]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            compose(config_name=_config_name(argv, default_config), overrides=plain_overrides)
+    except (hydra.errors.HydraException, OmegaConfBaseException) as err:
+        detail = str(err.__cause__).splitlines()[0] if err.__cause__ else ""
+        fail(" ".join(f"{err} {detail}".split()))
+    finally:
+        GlobalHydra.instance().clear()

@@ -1,0 +1,122 @@
+"""`pippo-train`: build data, compressor, stage, callbacks, loggers and trainer from the config; fit."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig
+
+from pippo_lightning.cli.common import (
+    CONFIG_DIR,
+    check_overrides,
+    guarded,
+    instantiate_group,
+    resolved_config,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a finished `train` leaves behind, for callers and tests."""
+
+    metrics: dict[str, float]
+    stage: L.LightningModule
+    datamodule: L.LightningDataModule
+    trainer: L.Trainer
+
+
+def train(cfg: DictConfig) -> TrainResult:
+    """Fit the configured stage; returns the final metrics and the objects it built."""
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    compressor = hydra.utils.instantiate(cfg.compressor)
+    stage: L.LightningModule = hydra.utils.instantiate(cfg.stage, compressor=compressor)
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+    counts = stage.parameter_counts()
+    for logger in trainer.loggers:
+        logger.log_hyperparams({"config": resolved_config(cfg), "parameters": counts})
+    log.info("parameters: %s", ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()))
+
+    try:
+        trainer.fit(stage, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    finally:
+        # Each run (and each job of a multirun in one process) gets its own W&B run.
+        finish_wandb_runs(trainer)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if trainer.is_global_zero:
+        summary = write_summary(output_dir, trainer, metrics)
+        print_summary(summary)
+    return TrainResult(metrics=metrics, stage=stage, datamodule=datamodule, trainer=trainer)
+
+
+def finish_wandb_runs(trainer: L.Trainer) -> None:
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()
+
+
+def write_summary(
+    output_dir: Path, trainer: L.Trainer, metrics: dict[str, float]
+) -> dict[str, Any]:
+    """Record where the run's outputs are and its final metrics in `<run>/summary.json`."""
+    checkpoint = trainer.checkpoint_callback
+    samples = next((cb.last_path for cb in trainer.callbacks if hasattr(cb, "last_path")), None)
+    wandb_dirs = sorted(str(p) for p in output_dir.glob("wandb/*run-*"))
+    summary = {
+        "output_dir": str(output_dir),
+        "global_step": trainer.global_step,
+        "checkpoint": getattr(checkpoint, "last_model_path", None) or None,
+        "sample_grid": str(samples) if samples else None,
+        "wandb_runs": wandb_dirs,
+        "metrics": metrics,
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    metrics = summary["metrics"]
+    lines = [
+        "",
+        f"run directory : {summary['output_dir']}",
+        f"checkpoint    : {summary['checkpoint']}",
+        f"sample grid   : {summary['sample_grid']}",
+        f"W&B runs      : {', '.join(summary['wandb_runs']) or '-'}",
+    ]
+    if "val/psnr" in metrics and "val/psnr_copy_reference" in metrics:
+        lines.append(
+            f"val PSNR      : generated {metrics['val/psnr']:.2f} dB vs copy-the-reference "
+            f"baseline {metrics['val/psnr_copy_reference']:.2f} dB"
+        )
+    print("\n".join(lines))
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@guarded
+def _main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+def main() -> None:
+    check_overrides("train")
+    _main()
+
+
+if __name__ == "__main__":
+    main()

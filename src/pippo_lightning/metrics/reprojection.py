@@ -1,0 +1,251 @@
+"""Reprojection error: how 3-D consistent a set of generated views is, given their cameras.
+
+For each pair of views: match keypoints, triangulate every match with the *known* cameras
+(DLT), reproject the point into both views and measure the pixel distance to the keypoints.
+Views of one real scene reproject to within matching noise; views that disagree about the
+geometry cannot all be explained by one 3-D point and leave a residual. The metric reports the
+mean over all observations (two per match) in pixels and in % of the image's longer side.
+
+Cameras follow OpenCV: K [3, 3] in pixels of the images passed in (pixel centres at +0.5),
+world->camera extrinsics. Nothing here assumes a capture resolution: rescale K with the images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from pippo_lightning.metrics.matching import Matcher, build_matcher
+from pippo_lightning.metrics.triangulation import (
+    camera_centers,
+    project_homogeneous,
+    projection_matrix,
+    triangulate_dlt_homogeneous,
+)
+
+PairStrategy = Literal["nearest", "random"]
+Pair = tuple[int, int]
+
+
+# ------------------------------------------------------------------------------ pair selection
+
+
+def nearest_camera_pairs(centers: Tensor) -> list[Pair]:
+    """Pairs (i < j) of nearby cameras from centres [NV, 3], by bipartite matching.
+
+    Each camera is assigned a distinct partner so that the summed centre distance is minimal
+    (a camera may not pick itself); an assignment i -> j and j -> i is one pair. Every camera
+    thus appears in at least one pair, and close cameras see enough of the same surface to match.
+    """
+    from scipy.optimize import linear_sum_assignment  # deferred: only this strategy needs scipy
+
+    num_views = len(centers)
+    if num_views < 2:
+        return []
+    distances = torch.cdist(centers.double(), centers.double()).cpu().numpy()  # [NV, NV]
+    # A finite "forbidden" cost keeps the problem feasible for any NV >= 2.
+    np.fill_diagonal(distances, distances.max() * num_views + 1.0)
+    rows, cols = linear_sum_assignment(distances)
+    return sorted({(min(i, j), max(i, j)) for i, j in zip(rows.tolist(), cols.tolist())})
+
+
+def random_disjoint_pairs(num_views: int, seed: int) -> list[Pair]:
+    """``num_views // 2`` pairs (i < j) of distinct views, no view used twice, fixed by ``seed``."""
+    order = np.random.default_rng(seed).permutation(num_views).tolist()
+    pairs = zip(order[0::2], order[1::2])  # an odd view out is left unused
+    return sorted((min(i, j), max(i, j)) for i, j in pairs)
+
+
+# ----------------------------------------------------------------------------- per-pair errors
+
+
+def to_uint8_images(images: Tensor, value_range: tuple[float, float]) -> np.ndarray:
+    """Images [..., 3, H, W] with values in ``value_range`` -> uint8 [..., H, W, 3] numpy."""
+    if images.dtype == torch.uint8:
+        scaled = images
+    else:
+        low, high = value_range
+        unit = (images.detach().float() - low) / (high - low)
+        scaled = (unit * 255.0).round().clamp(0, 255).to(torch.uint8)
+    return scaled.movedim(-3, -1).cpu().numpy()
+
+
+def pair_reprojection_distances(
+    matcher: Matcher,
+    image_a: np.ndarray,
+    image_b: np.ndarray,
+    projection_a: Tensor,
+    projection_b: Tensor,
+    min_confidence: float,
+) -> Tensor:
+    """Pixel distances [2 M] between M matches of a pair and their triangulated reprojections.
+
+    Images uint8 [H, W, 3]; cameras P [3, 4]. The first M distances are in view a, the rest
+    in view b. Matches scoring at or below ``min_confidence`` are dropped first.
+    """
+    points_a, points_b, confidence = matcher.match(image_a, image_b)  # [M, 2], [M, 2], [M]
+    keep = confidence > min_confidence
+    points_a, points_b = points_a[keep].double(), points_b[keep].double()
+    num_matches = len(points_a)
+    p_a = projection_a.double().cpu().expand(num_matches, 3, 4)
+    p_b = projection_b.double().cpu().expand(num_matches, 3, 4)
+    # Reproject the homogeneous point: well defined even for matches that triangulate to
+    # infinity (e.g. parallel rays from a bad generation), where X / w would be inf.
+    points_h = triangulate_dlt_homogeneous(p_a, p_b, points_a, points_b)  # [M, 4]
+    distance_a = (project_homogeneous(p_a, points_h) - points_a).norm(dim=-1)  # [M]
+    distance_b = (project_homogeneous(p_b, points_h) - points_b).norm(dim=-1)
+    return torch.cat([distance_a, distance_b])
+
+
+# ---------------------------------------------------------------------------------- the metric
+
+_PREFIXES = ("", "gt_")  # generated images, ground-truth images
+
+
+class ReprojectionError(Metric):
+    """Mean reprojection error of keypoints matched between pairs of views (lower is better).
+
+    Each sample's views are paired (``pairs``); every pair is matched, each match triangulated
+    with the given cameras and reprojected into both views. A pair with fewer than
+    ``min_matches`` matches (after ``min_confidence``) counts as failed and adds no points.
+    Pass ``gt_images`` to score real views of the same cameras alongside: the floor set by
+    matching noise and camera calibration.
+
+    All states are tensors reduced by sum (the image size by max), so distributed sync and
+    ``merge_state`` are exact. ``compute()`` returns ``reprojection_error_px`` (mean over all
+    observations, two per match), ``reprojection_error_pct`` (of max(H, W); of the largest
+    side seen if image sizes vary), ``pairs`` (pairs tried) and ``failed_pairs``; and the same
+    prefixed ``gt_`` when ground truth was given. With no matched point the errors are NaN.
+
+    Args:
+        matcher: "sift" (OpenCV, needs no weights), "lightglue" (DISK + LightGlue, needs local
+            weights; see :class:`~pippo_lightning.metrics.matching.LightGlueMatcher`) or any
+            object with a ``match`` method (:class:`~pippo_lightning.metrics.matching.Matcher`).
+        pairs: "nearest": bipartite matching of camera centres (the Pippo release);
+            "random": random disjoint pairs (the paper), the same for every sample so that the
+            value does not depend on how data are batched or sharded.
+        seed: seed of the random pairs.
+        min_matches: fewer matches than this and the pair fails (5 in the paper).
+        min_confidence: keep matches scoring above this (0.2 in the paper with SuperGlue).
+        value_range: the (low, high) of float images, (-1, 1) or (0, 1); uint8 images are
+            taken as they are.
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(
+        self,
+        matcher: str | Matcher = "sift",
+        pairs: PairStrategy = "nearest",
+        seed: int = 0,
+        min_matches: int = 5,
+        min_confidence: float = 0.0,
+        value_range: Sequence[float] = (-1.0, 1.0),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if pairs not in ("nearest", "random"):
+            raise ValueError(f"pairs must be 'nearest' or 'random', got {pairs!r}")
+        low, high = (float(v) for v in value_range)
+        if not high > low:
+            raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
+        self.matcher = build_matcher(matcher) if isinstance(matcher, str) else matcher
+        self.pairs = pairs
+        self.seed = seed
+        self.min_matches = min_matches
+        self.min_confidence = min_confidence
+        self.value_range = (low, high)
+
+        for prefix in _PREFIXES:
+            # float64: a long evaluation sums millions of sub-pixel distances.
+            self.add_state(f"{prefix}error_sum", torch.tensor(0.0, dtype=torch.float64), "sum")
+            for count in ("point_count", "pair_count", "failed_pairs"):
+                self.add_state(f"{prefix}{count}", torch.tensor(0, dtype=torch.long), "sum")
+        self.add_state("max_side", torch.tensor(0, dtype=torch.long), "max")
+
+    def _select_pairs(self, extrinsics: Tensor) -> list[Pair]:
+        """View pairs of one sample from its extrinsics [NV, 3 or 4, 4]."""
+        if self.pairs == "nearest":
+            return nearest_camera_pairs(camera_centers(extrinsics.double()))
+        return random_disjoint_pairs(len(extrinsics), self.seed)
+
+    def _accumulate(self, prefix: str, distances: Tensor | None) -> None:
+        """Add one pair's distances (None: the pair failed) to the states named ``prefix``*."""
+        getattr(self, f"{prefix}pair_count").add_(1)
+        if distances is None:
+            getattr(self, f"{prefix}failed_pairs").add_(1)
+            return
+        error_sum = getattr(self, f"{prefix}error_sum")
+        error_sum.add_(distances.sum().to(error_sum))
+        getattr(self, f"{prefix}point_count").add_(distances.numel())
+
+    def update(
+        self,
+        images: Tensor,
+        intrinsics: Tensor,
+        extrinsics: Tensor,
+        gt_images: Tensor | None = None,
+    ) -> None:
+        """Score views [B, NV, 3, H, W] of cameras K [B, NV, 3, 3], E [B, NV, 3 or 4, 4]."""
+        _check_shapes(images, intrinsics, extrinsics, gt_images)
+        height, width = images.shape[-2:]
+        self.max_side = torch.clamp_min(self.max_side, max(height, width))
+
+        projections = projection_matrix(intrinsics.double(), extrinsics.double())  # [B, NV, 3, 4]
+        image_sets = {"": to_uint8_images(images, self.value_range)}  # [B, NV, H, W, 3]
+        if gt_images is not None:
+            image_sets["gt_"] = to_uint8_images(gt_images, self.value_range)
+
+        for sample, sample_projections in enumerate(projections):
+            for i, j in self._select_pairs(extrinsics[sample]):
+                for prefix, views in image_sets.items():
+                    distances = pair_reprojection_distances(
+                        self.matcher,
+                        views[sample, i],
+                        views[sample, j],
+                        sample_projections[i],
+                        sample_projections[j],
+                        self.min_confidence,
+                    )
+                    enough = len(distances) >= 2 * self.min_matches  # two per match
+                    self._accumulate(prefix, distances if enough else None)
+
+    def compute(self) -> dict[str, Tensor]:
+        results = {}
+        for prefix in _PREFIXES:
+            pair_count = getattr(self, f"{prefix}pair_count")
+            if prefix and pair_count == 0:
+                continue  # no ground truth was given
+            error_px = getattr(self, f"{prefix}error_sum") / getattr(self, f"{prefix}point_count")
+            results[f"{prefix}reprojection_error_px"] = error_px.float()
+            results[f"{prefix}reprojection_error_pct"] = (100.0 * error_px / self.max_side).float()
+            results[f"{prefix}pairs"] = pair_count
+            results[f"{prefix}failed_pairs"] = getattr(self, f"{prefix}failed_pairs")
+        return results
+
+
+def _check_shapes(
+    images: Tensor, intrinsics: Tensor, extrinsics: Tensor, gt_images: Tensor | None
+) -> None:
+    """Raise a ValueError that names the offending argument and its shape."""
+    if images.ndim != 5 or images.shape[2] != 3:
+        raise ValueError(f"images must be [B, NV, 3, H, W], got {list(images.shape)}")
+    batch_views = tuple(images.shape[:2])
+    if tuple(intrinsics.shape) != (*batch_views, 3, 3):
+        raise ValueError(f"intrinsics must be [B, NV, 3, 3], got {list(intrinsics.shape)}")
+    if tuple(extrinsics.shape[:2]) != batch_views or tuple(extrinsics.shape[2:]) not in (
+        (3, 4),
+        (4, 4),
+    ):
+        raise ValueError(f"extrinsics must be [B, NV, 3 or 4, 4], got {list(extrinsics.shape)}")
+    if gt_images is not None and gt_images.shape != images.shape:
+        raise ValueError(
+            f"gt_images must match images {list(images.shape)}, got {list(gt_images.shape)}"
+        )

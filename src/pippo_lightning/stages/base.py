@@ -1,0 +1,327 @@
+"""The one LightningModule all Pippo stages share: loss, optimizer, sampling, validation.
+
+A stage differs only in which conditions its model has (cameras, ControlMLP) and so which
+entries of the batch it reads; everything else — the noising, the classifier-free-guidance
+dropout masks, AdamW with warm-up, DDIM validation sampling — lives here once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from einops import rearrange
+from torch import Tensor
+from torchmetrics.functional.image import peak_signal_noise_ratio
+
+from pippo_lightning.compressors.base import Compressor
+from pippo_lightning.diffusion.ddim import DDIMConfig, DDIMSampler
+from pippo_lightning.diffusion.loss import DiffusionLoss, offset_noise
+from pippo_lightning.diffusion.schedules import NoiseSchedule, ScheduleConfig
+from pippo_lightning.models.pippo import Pippo, PippoConfig, count_parameters, pippo_config
+from pippo_lightning.stages.config import (
+    ConditionDropout,
+    ConfigError,
+    OptimizerConfig,
+    SamplingConfig,
+    ValidationConfig,
+    coerce,
+    plain,
+)
+
+Batch = dict[str, Any]
+
+
+@dataclasses.dataclass
+class LatentBatch:
+    """A batch after compression: everything the denoiser reads, in latent space."""
+
+    x0: Tensor  # [B, NV, C, h, w] clean target latents
+    ref_latent: Tensor  # [B, 1, C, h, w]
+    cam_pose: Tensor | None  # [B, NV, 16]
+    ref_cam_pose: Tensor | None  # [B, 1, 16]
+    plucker: Tensor | None  # [B, NV, 6, H, W]
+    ref_plucker: Tensor | None  # [B, 1, 6, H, W]
+    anchor_latents: Tensor | None  # [B, NV + 1, C, h, w], targets then reference
+
+    @property
+    def batch_size(self) -> int:
+        return self.x0.shape[0]
+
+    def repeat(self, times: int) -> LatentBatch:
+        """The same conditions stacked `times` over the batch axis (for batched guidance)."""
+        if times == 1:
+            return self
+
+        def stack(value: Tensor | None) -> Tensor | None:
+            return None if value is None else torch.cat([value] * times, dim=0)
+
+        return LatentBatch(
+            **{f.name: stack(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        )
+
+
+class PippoStage(L.LightningModule):
+    """Denoising training of a Pippo model over multi-view batches (see `data.dataset`)."""
+
+    #: Stage-level switches on the model; subclasses pin them.
+    use_cameras: bool = True
+    use_control: bool = True
+
+    def __init__(
+        self,
+        compressor: Compressor,
+        model_size: str = "micro",
+        model_overrides: Mapping[str, Any] | None = None,
+        image_size: int = 64,
+        num_views: int = 4,
+        schedule: Mapping[str, Any] | ScheduleConfig | None = None,
+        optimizer: Mapping[str, Any] | OptimizerConfig | None = None,
+        condition_dropout: Mapping[str, Any] | ConditionDropout | None = None,
+        sampling: Mapping[str, Any] | SamplingConfig | None = None,
+        validation: Mapping[str, Any] | ValidationConfig | None = None,
+        noise_offset: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(
+            plain(
+                {
+                    "model_size": model_size,
+                    "model_overrides": model_overrides or {},
+                    "image_size": image_size,
+                    "num_views": num_views,
+                    "schedule": schedule,
+                    "optimizer": optimizer,
+                    "condition_dropout": condition_dropout,
+                    "sampling": sampling,
+                    "validation": validation,
+                    "noise_offset": noise_offset,
+                }
+            )
+        )
+        self.compressor = compressor
+        self.compressor.requires_grad_(False)
+        self.image_size = image_size
+        self.num_views = num_views
+        self.model_config = self._model_config(model_size, dict(model_overrides or {}))
+        self.model = Pippo(self.model_config)
+        self.schedule = NoiseSchedule(coerce(ScheduleConfig, schedule, "stage.schedule"))
+        self.optimizer_config = coerce(OptimizerConfig, optimizer, "stage.optimizer")
+        self.condition_dropout = coerce(
+            ConditionDropout, condition_dropout, "stage.condition_dropout"
+        )
+        self.sampling = coerce(SamplingConfig, sampling, "stage.sampling")
+        self.validation_config = coerce(ValidationConfig, validation, "stage.validation")
+        self.noise_offset = noise_offset
+        self.loss_fn = DiffusionLoss()
+
+    # ----------------------------------------------------------------- construction
+    def _model_config(self, size: str, overrides: dict[str, Any]) -> PippoConfig:
+        factor = self.compressor.downsample_factor
+        if self.image_size % factor != 0:
+            raise ConfigError(
+                f"image_size={self.image_size} is not divisible by the compressor's "
+                f"downsample factor {factor}"
+            )
+        latent_size = self.image_size // factor
+        for pinned in ("latent_size", "latent_channels", "use_cameras", "use_control"):
+            if pinned in overrides:
+                raise ConfigError(
+                    f"model_overrides.{pinned} is set by the stage and compressor, not by hand"
+                )
+        try:
+            return pippo_config(
+                size,
+                latent_size=latent_size,
+                latent_channels=self.compressor.latent_channels,
+                use_cameras=self.use_cameras,
+                use_control=self.use_control,
+                **overrides,
+            )
+        except (TypeError, ValueError) as err:
+            raise ConfigError(
+                f"model (size={size!r}, image_size={self.image_size}, latent_size={latent_size}): {err}"
+            ) from err
+
+    def parameter_counts(self) -> dict[str, int]:
+        return count_parameters(self.model)
+
+    # ----------------------------------------------------------------- data → latents
+    @torch.no_grad()
+    def encode_views(self, images: Tensor) -> Tensor:
+        """[B, V, 3, H, W] in [-1, 1] → [B, V, C, h, w] scaled latents."""
+        b = images.shape[0]
+        latents = self.compressor.encode(rearrange(images, "b v c h w -> (b v) c h w"))
+        return rearrange(latents, "(b v) c h w -> b v c h w", b=b)
+
+    @torch.no_grad()
+    def decode_views(self, latents: Tensor) -> Tensor:
+        """[B, V, C, h, w] → [B, V, 3, H, W] in [-1, 1]."""
+        b = latents.shape[0]
+        images = self.compressor.decode(rearrange(latents, "b v c h w -> (b v) c h w"))
+        return rearrange(images, "(b v) c h w -> b v c h w", b=b).clamp(-1, 1)
+
+    def to_latents(self, batch: Batch) -> LatentBatch:
+        images = batch["images"]
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            raise ValueError(
+                f"batch images are {tuple(images.shape[-2:])} but the stage was built for "
+                f"image_size={self.image_size}"
+            )
+        anchors = None
+        if self.use_control:
+            anchors = self.encode_views(torch.cat([batch["anchor"], batch["ref_anchor"]], dim=1))
+        return LatentBatch(
+            x0=self.encode_views(images),
+            ref_latent=self.encode_views(batch["ref_image"]),
+            cam_pose=batch["cam_pose"] if self.use_cameras else None,
+            ref_cam_pose=batch["ref_cam_pose"] if self.use_cameras else None,
+            plucker=batch["plucker"] if self.use_control else None,
+            ref_plucker=batch["ref_plucker"] if self.use_control else None,
+            anchor_latents=anchors,
+        )
+
+    # ----------------------------------------------------------------- denoiser
+    def denoise(
+        self,
+        latents: LatentBatch,
+        x_t: Tensor,
+        t: Tensor,
+        drops: Mapping[str, Tensor],
+        attention_scale: float | None = None,
+    ) -> Tensor:
+        """Model prediction for noisy targets `x_t` [B, NV, C, h, w] at timesteps `t` [B]."""
+        return self.model(
+            x_t,
+            t,
+            latents.ref_latent,
+            cam_pose=latents.cam_pose,
+            ref_cam_pose=latents.ref_cam_pose,
+            plucker=latents.plucker,
+            ref_plucker=latents.ref_plucker,
+            anchor_latents=latents.anchor_latents,
+            drop_ref=drops.get("ref"),
+            drop_cameras=drops.get("cameras"),
+            drop_control=drops.get("control"),
+            attention_scale=attention_scale,
+        )
+
+    def sample_condition_drops(self, batch_size: int) -> dict[str, Tensor]:
+        """Per-sample CFG dropout masks: each condition on its own, plus all together."""
+        p = self.condition_dropout
+        drop_all = torch.rand(batch_size, device=self.device) < p.all
+        return {
+            name: drop_all | (torch.rand(batch_size, device=self.device) < getattr(p, name))
+            for name in ("ref", "cameras", "control")
+        }
+
+    # ----------------------------------------------------------------- training
+    def diffusion_loss(
+        self, latents: LatentBatch, t: Tensor, noise: Tensor, drops: Mapping[str, Tensor]
+    ) -> Tensor:
+        x_t = self.schedule.add_noise(latents.x0, noise, t)
+        prediction = self.denoise(latents, x_t, t, drops)
+        return self.loss_fn(prediction, self.schedule.training_target(latents.x0, noise, t))
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        latents = self.to_latents(batch)
+        b = latents.batch_size
+        t = self.schedule.sample_timesteps(b, device=self.device)
+        noise = offset_noise(latents.x0.shape, self.noise_offset, None, self.device)
+        loss = self.diffusion_loss(latents, t, noise, self.sample_condition_drops(b))
+        self.log("train/loss", loss, prog_bar=True, batch_size=b, sync_dist=True)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        norms = [p.grad.detach().norm(2) for p in self.model.parameters() if p.grad is not None]
+        if norms:
+            self.log("train/grad_norm", torch.stack(norms).norm(2), sync_dist=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.optimizer_config
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cfg.lr_factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
+        }
+
+    # ----------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def generate(
+        self,
+        batch: Batch,
+        sampling: SamplingConfig | None = None,
+        attention_scale: float | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """DDIM-sample the target views of `batch`: → images [B, NV, 3, H, W] in [-1, 1]."""
+        sampling = sampling or self.sampling
+        latents = self.to_latents(batch)
+        b = latents.batch_size
+        generator = torch.Generator(device="cpu").manual_seed(sampling.seed)
+        noise = torch.randn(latents.x0.shape, generator=generator).to(self.device)
+        none = torch.zeros(b, dtype=torch.bool, device=self.device)
+
+        def denoiser(x_t: Tensor, t: Tensor, uncond: Tensor) -> Tensor:
+            times = x_t.shape[0] // b
+            stacked = latents.repeat(times)
+            drops = {
+                name: (uncond if name in sampling.uncond_drops else none.repeat(times))
+                for name in ("ref", "cameras", "control")
+            }
+            return self.denoise(stacked, x_t, t, drops, attention_scale)
+
+        sampler = DDIMSampler(
+            self.schedule,
+            DDIMConfig(
+                num_steps=sampling.num_steps,
+                eta=sampling.eta,
+                cfg_scale=sampling.cfg_scale,
+                cfg_rescale=sampling.cfg_rescale,
+            ),
+        )
+        x0 = sampler.sample(denoiser, noise, generator=generator, progress=progress)
+        return self.decode_views(x0)
+
+    # ----------------------------------------------------------------- validation
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor] | None:
+        latents = self.to_latents(batch)
+        b = latents.batch_size
+        no_drops = {
+            name: torch.zeros(b, dtype=torch.bool, device=self.device)
+            for name in ("ref", "cameras", "control")
+        }
+        # Fixed timesteps and seeded noise make the validation loss comparable across steps.
+        generator = torch.Generator(device="cpu").manual_seed(1234 + batch_idx)
+        losses = []
+        for step in self.validation_config.loss_timesteps:
+            t = torch.full((b,), step, dtype=torch.long, device=self.device)
+            noise = torch.randn(latents.x0.shape, generator=generator).to(self.device)
+            losses.append(self.diffusion_loss(latents, t, noise, no_drops))
+        self.log("val/loss", torch.stack(losses).mean(), batch_size=b, sync_dist=True)
+
+        if batch_idx >= self.validation_config.sample_batches:
+            return None
+        generated = self.generate(batch)
+        target = batch["images"]
+        reference = batch["ref_image"].expand_as(target)
+        self.log("val/psnr", psnr(generated, target), batch_size=b, sync_dist=True)
+        # The trivial baseline: copy the reference photo into every target view.
+        self.log("val/psnr_copy_reference", psnr(reference, target), batch_size=b, sync_dist=True)
+        return {"generated": generated, "target": target, "reference": batch["ref_image"]}
+
+
+def psnr(images: Tensor, target: Tensor) -> Tensor:
+    """Mean per-view PSNR (dB) of images in [-1, 1]."""
+    a = rearrange((images.float() + 1) / 2, "b v c h w -> (b v) c h w")
+    b = rearrange((target.float() + 1) / 2, "b v c h w -> (b v) c h w")
+    return peak_signal_noise_ratio(
+        a, b, data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)
+    )

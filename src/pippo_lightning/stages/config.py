@@ -1,0 +1,132 @@
+"""Typed settings shared by every training stage.
+
+Hydra hands the stage modules plain mappings; turning them into these dataclasses at the door
+means a misspelt key or an out-of-range value fails with one message before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+CONDITIONS = ("ref", "cameras", "control")
+
+
+class ConfigError(ValueError):
+    """A stage setting is unknown, of the wrong type or out of range."""
+
+
+def plain(value: Any) -> Any:
+    """Mappings and sequences (e.g. OmegaConf containers) as plain dicts and lists, recursively,
+    so hyperparameters pickle into checkpoints that load with `weights_only=True`."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return plain(dataclasses.asdict(value))
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [plain(v) for v in value]
+    return value
+
+
+def coerce(cls: type[T], value: T | Mapping[str, Any] | None, where: str) -> T:
+    """Build dataclass `cls` from a mapping, naming the bad key when one is unknown."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, got {value!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
+    kwargs = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in value.items()}
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with a linear warm-up, as in the paper (lr 1e-4, betas (0.9, 0.98), eps 1e-6)."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 0.0
+    warmup_steps: int = 1000
+    warmup_start_lr: float = 1e-6
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(self.betas))
+        if self.lr <= 0:
+            raise ConfigError(f"optimizer.lr must be > 0, got {self.lr}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optimizer.betas must be two values in [0, 1), got {self.betas}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"optimizer.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 < self.warmup_start_lr <= self.lr:
+            raise ConfigError(
+                f"optimizer.warmup_start_lr must be in (0, lr={self.lr}], got {self.warmup_start_lr}"
+            )
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier on `lr` at optimizer step `step`: linear from warmup_start_lr, then flat."""
+        if self.warmup_steps == 0 or step >= self.warmup_steps:
+            return 1.0
+        start = self.warmup_start_lr / self.lr
+        return start + (1.0 - start) * step / self.warmup_steps
+
+
+@dataclass(frozen=True)
+class ConditionDropout:
+    """Classifier-free-guidance dropout: each condition is replaced by its null for a sample
+    with its own probability, and `all` drops every condition of a sample together."""
+
+    ref: float = 0.2
+    cameras: float = 0.0
+    control: float = 0.0
+    all: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in (*CONDITIONS, "all"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ConfigError(f"condition_dropout.{name} must be in [0, 1], got {p}")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Validation / inference sampling: DDIM steps, guidance and which conditions guidance drops."""
+
+    num_steps: int = 25
+    eta: float = 0.0
+    cfg_scale: float = 1.0
+    cfg_rescale: float = 0.0
+    uncond_drops: tuple[str, ...] = ("ref",)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "uncond_drops", tuple(self.uncond_drops))
+        if self.num_steps < 1:
+            raise ConfigError(f"sampling.num_steps must be >= 1, got {self.num_steps}")
+        unknown = [c for c in self.uncond_drops if c not in CONDITIONS]
+        if unknown:
+            raise ConfigError(
+                f"sampling.uncond_drops has unknown condition(s) {unknown}; expected some of {list(CONDITIONS)}"
+            )
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """How much of the validation set is generated (sampling is the expensive part)."""
+
+    sample_batches: int = 2
+    loss_timesteps: tuple[int, ...] = field(default=(100, 500, 900))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "loss_timesteps", tuple(self.loss_timesteps))
+        if self.sample_batches < 0:
+            raise ConfigError(f"validation.sample_batches must be >= 0, got {self.sample_batches}")

@@ -1,0 +1,108 @@
+"""End-to-end: a tiny P3 run trains, checkpoints, logs offline to W&B, and reloads exactly."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+
+from pippo_lightning.cli.train import train
+from pippo_lightning.loggers import read_offline_run
+from pippo_lightning.stages import PostTrainStage
+from tests.conftest import TINY_RUN
+
+
+def test_tiny_run_trains_checkpoints_and_logs_offline(compose_config, tmp_path: Path) -> None:
+    cfg = compose_config(*TINY_RUN)
+    result = train(cfg)
+    run_dir = tmp_path / "run"
+
+    assert result.trainer.global_step == 4
+    for key in ("train/loss", "val/loss", "val/psnr", "val/psnr_copy_reference"):
+        assert math.isfinite(result.metrics[key]), key
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert sorted(p.name for p in (run_dir / "samples").glob("*.png")) == [
+        "val_step0000002.png",
+        "val_step0000004.png",
+    ]
+    assert (run_dir / "summary.json").is_file()
+
+    history = read_offline_run(run_dir)
+    assert history.config["config"]["model"]["size"] == "micro"
+    logged = set().union(*(row.keys() for row in history.rows))
+    assert {"train/loss", "train/grad_norm", "lr", "val/psnr", "train/samples_per_sec"} <= logged
+
+    # The checkpoint restores a stage whose predictions equal the trained one's exactly.
+    stage = result.stage.eval()
+    compressor = hydra.utils.instantiate(cfg.compressor)
+    restored = PostTrainStage.load_from_checkpoint(
+        run_dir / "checkpoints" / "last.ckpt", compressor=compressor, map_location="cpu"
+    ).eval()
+    batch = next(iter(result.datamodule.val_dataloader()))
+    latents = stage.to_latents(batch)
+    t = torch.tensor([500])
+    x_t = torch.randn_like(latents.x0)
+    drops = stage.sample_condition_drops(latents.batch_size)
+    drops = {k: torch.zeros_like(v) for k, v in drops.items()}
+    with torch.no_grad():
+        expected = stage.denoise(latents, x_t, t, drops)
+        actual = restored.denoise(restored.to_latents(batch), x_t, t, drops)
+    assert torch.equal(expected, actual)
+
+
+def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    return subprocess.run(
+        [sys.executable, "-m", "pippo_lightning.cli.train", *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_unknown_config_key_is_one_clear_error(tmp_path: Path) -> None:
+    proc = run_cli("stage.optimizer.lrr=1", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "lrr" in proc.stderr
+    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.ckpt"))
+
+
+def test_image_size_not_divisible_is_one_clear_error(tmp_path: Path) -> None:
+    proc = run_cli("image_size=36", f"paths.data_dir={tmp_path / 'data'}", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = error_lines(proc.stderr)
+    assert "image_size=36" in line
+    assert not list(tmp_path.rglob("*.ckpt"))
+    assert not (tmp_path / "data").exists()
+
+
+def test_missing_vae_path_is_one_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-vae"
+    proc = run_cli("compressor=sdxl_vae", f"compressor.pretrained={missing}", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = error_lines(proc.stderr)
+    assert str(missing) in line
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_vae_hub_id_without_network_is_one_clear_error(tmp_path: Path) -> None:
+    env_home = tmp_path / "hf"
+    os.environ["HF_HOME"] = str(env_home)
+    try:
+        proc = run_cli("compressor=sdxl_vae", cwd=tmp_path)
+    finally:
+        os.environ.pop("HF_HOME")
+    assert proc.returncode == 2, proc.stderr
+    (line,) = error_lines(proc.stderr)
+    assert "stabilityai/sdxl-vae" in line
