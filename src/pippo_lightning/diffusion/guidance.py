@@ -74,3 +74,21 @@ def classifier_free_guidance(
     """
     guided = uncond + expand_scale(scale, cond) * (cond - uncond)
     return rescale_guided(guided, cond, rescale)
+
+
+def bump_cfg_scale(
+    azimuth_deg: Tensor, peak: float, floor: float = 1.0, ramp_deg: float = 90.0
+) -> Tensor:
+    """Per-view guidance that follows the azimuth from the reference ("bump" schedule).
+
+    Views near the reference copy it and need little guidance; views around the back must
+    invent the most. The scale rises linearly from `floor` at the reference (0°) to `peak` at
+    `ramp_deg`, stays at `peak` until 360° - `ramp_deg`, and falls back to `floor`.
+    azimuth_deg: [..., NV] in degrees (any range; taken modulo 360) → scales [..., NV].
+    """
+    if not 0.0 < ramp_deg <= 180.0:
+        raise ValueError(f"ramp_deg must be in (0, 180], got {ramp_deg}")
+    azimuth = torch.remainder(azimuth_deg.float(), 360.0)
+    distance = torch.minimum(azimuth, 360.0 - azimuth)  # angular distance to the reference
+    ramp = (distance / ramp_deg).clamp(max=1.0)
+    return floor + (peak - floor) * ramp

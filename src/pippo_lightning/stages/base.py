@@ -18,7 +18,9 @@ from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from pippo_lightning.compressors.base import Compressor
+from pippo_lightning.diffusion.attention_biasing import attention_softmax_scale
 from pippo_lightning.diffusion.ddim import DDIMConfig, DDIMSampler
+from pippo_lightning.diffusion.guidance import bump_cfg_scale
 from pippo_lightning.diffusion.loss import DiffusionLoss, offset_noise
 from pippo_lightning.diffusion.schedules import NoiseSchedule, ScheduleConfig
 from pippo_lightning.models.pippo import Pippo, PippoConfig, count_parameters, pippo_config
@@ -253,18 +255,46 @@ class PippoStage(L.LightningModule):
         }
 
     # ----------------------------------------------------------------- sampling
+    @property
+    def train_tokens(self) -> int:
+        """Tokens in one training sequence (target views + reference): N_train of attention biasing."""
+        return (self.num_views + 1) * self.model_config.tokens_per_view
+
+    def attention_scale(
+        self, sampling: SamplingConfig, num_views: int, num_refs: int = 1
+    ) -> float | None:
+        """Softmax scale for sampling `num_views` views; None (plain 1/sqrt(d)) without biasing."""
+        if sampling.attention_gamma is None:
+            return None
+        infer_tokens = (num_views + num_refs) * self.model_config.tokens_per_view
+        return attention_softmax_scale(
+            sampling.attention_gamma, infer_tokens, self.train_tokens, self.model_config.head_dim
+        )
+
+    def guidance_scale(self, sampling: SamplingConfig, batch: Batch) -> float | Tensor:
+        """Constant CFG, or per-view scales [B, NV] from each view's azimuth to the reference."""
+        if sampling.cfg_schedule == "constant":
+            return sampling.cfg_scale
+        return bump_cfg_scale(batch["azimuth_deg"], sampling.cfg_scale, sampling.cfg_floor).to(
+            self.device
+        )
+
     @torch.no_grad()
     def generate(
         self,
         batch: Batch,
         sampling: SamplingConfig | None = None,
-        attention_scale: float | None = None,
         progress: bool = False,
     ) -> Tensor:
-        """DDIM-sample the target views of `batch`: → images [B, NV, 3, H, W] in [-1, 1]."""
+        """DDIM-sample the target views of `batch`: → images [B, NV, 3, H, W] in [-1, 1].
+
+        Any number of target views works; with `sampling.attention_gamma` set, attention is
+        biased for the sequence length against the trained one.
+        """
         sampling = sampling or self.sampling
         latents = self.to_latents(batch)
-        b = latents.batch_size
+        b, num_views = latents.x0.shape[:2]
+        attention_scale = self.attention_scale(sampling, num_views, latents.ref_latent.shape[1])
         generator = torch.Generator(device="cpu").manual_seed(sampling.seed)
         noise = torch.randn(latents.x0.shape, generator=generator).to(self.device)
         none = torch.zeros(b, dtype=torch.bool, device=self.device)
@@ -287,7 +317,13 @@ class PippoStage(L.LightningModule):
                 cfg_rescale=sampling.cfg_rescale,
             ),
         )
-        x0 = sampler.sample(denoiser, noise, generator=generator, progress=progress)
+        x0 = sampler.sample(
+            denoiser,
+            noise,
+            cfg_scale=self.guidance_scale(sampling, batch),
+            generator=generator,
+            progress=progress,
+        )
         return self.decode_views(x0)
 
     # ----------------------------------------------------------------- validation

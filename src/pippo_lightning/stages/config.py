@@ -104,14 +104,27 @@ class SamplingConfig:
     num_steps: int = 25
     eta: float = 0.0
     cfg_scale: float = 1.0
+    #: "constant": cfg_scale for every view; "bump": per view, from cfg_floor at the reference's
+    #: azimuth up to cfg_scale from 90° to 270° (see diffusion.guidance.bump_cfg_scale)
+    cfg_schedule: str = "constant"
+    cfg_floor: float = 1.0
     cfg_rescale: float = 0.0
     uncond_drops: tuple[str, ...] = ("ref",)
+    #: attention biasing gamma for sampling more views than trained (paper: 1.4-1.6);
+    #: None keeps the plain 1/sqrt(d) softmax scale
+    attention_gamma: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "uncond_drops", tuple(self.uncond_drops))
         if self.num_steps < 1:
             raise ConfigError(f"sampling.num_steps must be >= 1, got {self.num_steps}")
+        if self.cfg_schedule not in ("constant", "bump"):
+            raise ConfigError(
+                f"sampling.cfg_schedule must be 'constant' or 'bump', got {self.cfg_schedule!r}"
+            )
+        if self.attention_gamma is not None and self.attention_gamma <= 0:
+            raise ConfigError(f"sampling.attention_gamma must be > 0, got {self.attention_gamma}")
         unknown = [c for c in self.uncond_drops if c not in CONDITIONS]
         if unknown:
             raise ConfigError(
