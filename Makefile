@@ -7,7 +7,7 @@ ARGS ?=
 CONFIG ?= train
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-slow test-all lint format bench clean
+.PHONY: help install train test test-slow test-all lint format bench eval generate clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -40,6 +40,15 @@ format: $(STAMP) ## ruff autofix + format
 
 bench: $(STAMP) ## benchmark train step, sampling, memory, parameter counts (CONFIG=..., ARGS="overrides")
 	$(VENV)/bin/pippo-bench --config-name $(CONFIG) $(ARGS)
+
+CKPT ?= $(lastword $(sort $(wildcard outputs/train/runs/*/checkpoints/last.ckpt)))
+PHOTO ?=
+
+eval: $(STAMP) ## score a checkpoint on held-out subjects (CKPT=..., default: newest run's last.ckpt; ARGS="...")
+	$(VENV)/bin/pippo-eval ckpt=$(CKPT) $(ARGS)
+
+generate: $(STAMP) ## one photo -> a turnaround (PHOTO=..., CKPT=... as for eval; ARGS="num_views=24 ...")
+	$(VENV)/bin/pippo-generate ckpt=$(CKPT) photo=$(PHOTO) $(ARGS)
 
 clean: ## remove outputs, caches and the venv
 	rm -rf outputs .pytest_cache .ruff_cache $(VENV)

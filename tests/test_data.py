@@ -204,17 +204,13 @@ def test_stored_plucker_source_resizes_the_file_maps(studio: Path) -> None:
 def test_cache_in_memory_loads_each_file_once(
     studio: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pippo_lightning.data import dataset as dataset_module
-
-    loads: list[Path] = []
-    real = dataset_module.load_sample
-    monkeypatch.setattr(
-        dataset_module, "load_sample", lambda path: loads.append(path) or real(path)
-    )
     cached = MultiViewDataset(studio / "train", num_views=2, resolution=16, cache_in_memory=True)
+    reads: list[int] = []
+    real = cached.source.read
+    monkeypatch.setattr(cached.source, "read", lambda index: reads.append(index) or real(index))
     for _ in range(3):
         cached[0]
-    assert len(loads) == 1
+    assert reads == [0]
 
 
 def test_evenly_spaced_views_picks_nearest_distinct_azimuths() -> None:
@@ -275,3 +271,27 @@ def test_datamodule_generates_the_studio_and_serves_train_and_val_batches(tmp_pa
 def test_datamodule_needs_a_root_or_a_studio() -> None:
     with pytest.raises(ValueError, match="root"):
         MultiViewDataModule()
+
+
+def test_view_sampling_strategy_and_count_are_configurable_per_split(studio: Path) -> None:
+    datamodule = MultiViewDataModule(
+        root=str(studio),
+        num_views=4,
+        val_num_views=3,
+        resolution=16,
+        view_sampling="spread",
+        val_view_sampling="random",
+    )
+    datamodule.setup("fit")
+    starts = set()
+    for epoch in range(6):
+        azimuth = sorted(datamodule.train_dataset[(0, epoch)]["azimuth_deg"].tolist())
+        gaps = np.diff([*azimuth, azimuth[0] + 360.0])
+        # A random turnaround: evenly spaced (views every 30 degrees: within 60..120 apart).
+        assert len(azimuth) == 4 and all(60.0 <= gap <= 120.0 for gap in gaps), azimuth
+        starts.add(azimuth[0])
+    assert len(starts) > 1
+    assert datamodule.val_dataset.view_sampling == "random"
+    assert datamodule.val_dataset.num_views == 3
+    with pytest.raises(ValueError, match="view_sampling must be one of"):
+        MultiViewDataModule(root=str(studio), view_sampling="nearest")

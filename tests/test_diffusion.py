@@ -16,6 +16,7 @@ from pippo_lightning.diffusion import (
     offset_noise,
 )
 from pippo_lightning.diffusion.guidance import expand_scale
+from pippo_lightning.diffusion.schedules import compute_alphas_cumprod
 
 T = 1000
 DIFFUSERS_KIND = {
@@ -32,7 +33,7 @@ def per_sample(values: Tensor, like: Tensor) -> Tensor:
     return values.reshape(-1, *[1] * (like.ndim - 1))
 
 
-def diffusers_ddim(config: ScheduleConfig, num_steps: int) -> DDIMScheduler:
+def diffusers_ddim(config: ScheduleConfig, num_steps: int, **options: object) -> DDIMScheduler:
     scheduler = DDIMScheduler(
         num_train_timesteps=config.num_timesteps,
         beta_schedule=DIFFUSERS_KIND[config.kind],
@@ -43,6 +44,8 @@ def diffusers_ddim(config: ScheduleConfig, num_steps: int) -> DDIMScheduler:
         steps_offset=1,
         set_alpha_to_one=False,
         clip_sample=False,
+        rescale_betas_zero_snr=config.zero_terminal_snr,
+        **options,
     )
     scheduler.set_timesteps(num_steps)
     return scheduler
@@ -246,8 +249,9 @@ def test_num_steps_equal_to_t_is_rejected() -> None:
 
 
 @pytest.mark.parametrize("prediction", ["eps", "v"])
-def test_one_ddim_step_matches_diffusers(prediction: str) -> None:
-    config = ScheduleConfig(prediction=prediction)
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_ddim_step_matches_diffusers(kind: str, prediction: str) -> None:
+    config = ScheduleConfig(kind=kind, prediction=prediction)
     schedule, reference = NoiseSchedule(config), diffusers_ddim(config, 50)
     sampler = DDIMSampler(schedule, DDIMConfig(num_steps=50))
     x_t, output = noise_like((2, 4, 8, 8), 1), noise_like((2, 4, 8, 8), 2)
@@ -292,6 +296,52 @@ def test_ddim_trajectory_matches_diffusers(
         )
         ours = sampler.sample(lambda x, t, uncond: model(x, t), noise)
         torch.testing.assert_close(ours, expected, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("num_steps", [20, 25, 100, 250])
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_ddim_trajectory_matches_diffusers_for_more_step_counts(
+    prediction: str, num_steps: int
+) -> None:
+    config = ScheduleConfig(prediction=prediction)
+    schedule, reference = NoiseSchedule(config), diffusers_ddim(config, num_steps)
+    model = fake_model(reference.alphas_cumprod)
+    noise = noise_like((2, 4, 8, 8))
+    expected, _ = _diffusers_trajectory(reference, model, noise)
+    sampler = DDIMSampler(schedule, DDIMConfig(num_steps=num_steps, final_denoise=False))
+    ours = sampler.sample(lambda x, t, uncond: model(x, t), noise)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_zero_terminal_snr_v_trajectory_matches_diffusers(kind: str) -> None:
+    config = ScheduleConfig(kind=kind, prediction="v", zero_terminal_snr=True)
+    schedule, reference = NoiseSchedule(config), diffusers_ddim(config, 25)
+    model = fake_model(reference.alphas_cumprod)
+    noise = noise_like((2, 4, 8, 8))
+    expected, _ = _diffusers_trajectory(reference, model, noise)
+    sampler = DDIMSampler(schedule, DDIMConfig(num_steps=25, final_denoise=False))
+    ours = sampler.sample(lambda x, t, uncond: model(x, t), noise)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_shifted_schedule_trajectory_matches_diffusers_with_the_same_betas(
+    prediction: str,
+) -> None:
+    """diffusers has no resolution shift: hand it the shifted ᾱ as betas and compare."""
+    config = ScheduleConfig(prediction=prediction, shift_ratio=4.0)
+    schedule = NoiseSchedule(config)
+    alphas_cumprod = compute_alphas_cumprod(config)  # float64 [T]
+    alphas = alphas_cumprod / torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+    reference = diffusers_ddim(config, 50, trained_betas=(1 - alphas).tolist())
+    torch.testing.assert_close(reference.alphas_cumprod, schedule.alphas_cumprod, rtol=0, atol=1e-6)
+    model = fake_model(reference.alphas_cumprod)
+    noise = noise_like((2, 4, 8, 8))
+    expected, _ = _diffusers_trajectory(reference, model, noise)
+    sampler = DDIMSampler(schedule, DDIMConfig(num_steps=50, final_denoise=False))
+    ours = sampler.sample(lambda x, t, uncond: model(x, t), noise)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
 
 
 def test_ddim_with_eta_matches_diffusers_and_reproduces() -> None:

@@ -79,10 +79,10 @@ def test_unknown_config_key_is_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_image_size_not_divisible_is_one_clear_error(tmp_path: Path) -> None:
-    proc = run_cli("image_size=36", f"paths.data_dir={tmp_path / 'data'}", cwd=tmp_path)
+    proc = run_cli("image_size=34", f"paths.data_dir={tmp_path / 'data'}", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     (line,) = error_lines(proc.stderr)
-    assert "image_size=36" in line
+    assert "image_size=34" in line
     assert not list(tmp_path.rglob("*.ckpt"))
     assert not (tmp_path / "data").exists()
 

@@ -98,6 +98,8 @@ def check_overrides(default_config: str, argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("--help", "-h", "--hydra-help", "--info", "-i") for a in argv):
         return
+    if any(a.split("=")[0] in ("--config-path", "-cp", "--config-dir", "-cd") for a in argv):
+        return  # a config outside configs/ (e.g. a DDP child composing its job's saved config)
     candidates = [a for a in argv if not a.startswith("-") and "=" in a]
     flag_values = {
         argv[i + 1]
@@ -121,3 +123,47 @@ def check_overrides(default_config: str, argv: list[str] | None = None) -> None:
         fail(" ".join(f"{err} {detail}".split()))
     finally:
         GlobalHydra.instance().clear()
+
+
+def ddp_child_command(local_rank: int) -> tuple[list[str], str]:
+    """The command Lightning runs for DDP ranks > 0 when Hydra is in use.
+
+    Lightning's default re-runs `sys.argv` with `hydra.run.dir` set, which under `--multirun`
+    starts a whole new sweep in every child and points them all at the run (not the job)
+    directory. Instead each child composes the exact config of its own job — the one Hydra
+    saved in the job's output directory — and writes into that same directory.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import get_original_cwd
+
+    import __main__
+
+    hydra_cfg = HydraConfig.get()
+    job_dir = Path(hydra_cfg.runtime.output_dir)
+    saved = job_dir / (hydra_cfg.output_subdir or ".hydra")
+    if not (saved / "config.yaml").is_file():
+        raise PippoError(
+            f"DDP under Hydra needs the job's saved config at {saved / 'config.yaml'}; "
+            "do not set hydra.output_subdir=null for multi-process runs"
+        )
+    if __main__.__spec__ is None:
+        command = [sys.executable, str(Path(sys.argv[0]).resolve())]
+    else:
+        command = [sys.executable, "-m", __main__.__spec__.name]
+    command += [
+        "--config-path",
+        str(saved),
+        "--config-name",
+        "config",
+        f"hydra.run.dir={job_dir}",
+        f"hydra.job.name={hydra_cfg.job.name}_rank{local_rank}",
+        "hydra.output_subdir=null",
+    ]
+    return command, get_original_cwd()
+
+
+def install_ddp_child_command() -> None:
+    """Make Lightning's DDP launcher use `ddp_child_command` (see there for why)."""
+    from lightning.pytorch.strategies.launchers import subprocess_script
+
+    subprocess_script._hydra_subprocess_cmd = ddp_child_command

@@ -17,6 +17,7 @@ from pippo_lightning.cli.common import (
     CONFIG_DIR,
     check_overrides,
     guarded,
+    install_ddp_child_command,
     instantiate_group,
     resolved_config,
 )
@@ -115,6 +116,7 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     check_overrides("train")
+    install_ddp_child_command()
     _main()
 
 

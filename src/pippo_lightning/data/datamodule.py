@@ -1,24 +1,48 @@
-"""LightningDataModule over per-sample files, optionally generating the synthetic studio first.
+"""LightningDataModules: multi-view samples (studio, prepared captures, shards) and photo folders.
 
-The only Lightning-aware module of :mod:`pippo_lightning.data`. A dataset root holds
-``train/*.npy`` and ``val/*.npy`` (the studio's layout, also fine for converted real captures).
+The only Lightning-aware module of :mod:`pippo_lightning.data`. A multi-view dataset root holds
+``train/`` and ``val/``, each a folder of ``*.npy`` samples or a shard directory (the studio's
+layout, ``pippo-data prepare``'s output, or ``pippo-data convert``'s).
+
+Loader settings (``num_workers``, ``pin_memory``, ``persistent_workers``, ``prefetch_factor``) are
+plain arguments, so Hydra configs set them per machine; measure them with
+:func:`pippo_lightning.data.benchmark.benchmark_dataloader`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from pippo_lightning.data.dataset import MultiViewDataset, PluckerSource, ViewSampling
+from pippo_lightning.data.dataset import (
+    VIEW_SAMPLINGS,
+    MultiViewDataset,
+    PluckerSource,
+    ViewSampling,
+)
+from pippo_lightning.data.latent_cache import DEFAULT_CACHE_DIR, LatentCache, find_latent_cache
+from pippo_lightning.data.photo_folder import (
+    PHOTO_SUFFIXES,
+    Check,
+    OnError,
+    PhotoFolderDataset,
+    scan_photos,
+    split_of,
+)
 from pippo_lightning.data.samplers import EpochSampler
+from pippo_lightning.data.sources import has_samples, open_source
 from pippo_lightning.data.synthetic_studio import MANIFEST, StudioConfig, generate_studio
+from pippo_lightning.errors import PippoError
+
+log = logging.getLogger(__name__)
 
 
 def default_studio_root(config: StudioConfig, cache_dir: str | Path | None = None) -> Path:
@@ -32,13 +56,55 @@ def default_studio_root(config: StudioConfig, cache_dir: str | Path | None = Non
     return Path(cache_dir) / f"studio-{digest}"
 
 
-class MultiViewDataModule(LightningDataModule):
-    """Train (random views, shuffled per epoch from ``seed``) and val (fixed views) loaders.
+class _LoaderSettings:
+    """DataLoader options shared by the data modules (set per machine in the Hydra config)."""
+
+    num_workers: int
+    pin_memory: bool
+    persistent_workers: bool
+    prefetch_factor: int | None
+
+    def _set_loader(
+        self,
+        num_workers: int,
+        pin_memory: bool,
+        persistent_workers: bool,
+        prefetch_factor: int | None,
+    ) -> None:
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        # torch refuses persistent workers and prefetching without workers.
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.prefetch_factor = prefetch_factor if num_workers > 0 else None
+
+    def _loader(self, dataset: Dataset, batch_size: int, **kwargs: Any) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            prefetch_factor=self.prefetch_factor,
+            **kwargs,
+        )
+
+
+class MultiViewDataModule(_LoaderSettings, LightningDataModule):
+    """Train (views drawn per epoch from ``seed``) and val (fixed views) loaders.
 
     synthetic: a :class:`StudioConfig` (or a mapping of its fields, e.g. from Hydra); then
     :meth:`prepare_data` generates the studio under ``root`` unless a matching one is there.
     val_num_views / val_batch_size default to num_views / batch_size. Without a root, the studio
     goes to a per-config folder under ``studio_cache_dir`` (default: the user cache).
+
+    View sampling per split: ``view_sampling`` (train; "random", "spread" or "fixed") and
+    ``val_view_sampling`` (default "fixed": the same views every validation).
+
+    latent_cache: a directory of latent caches (``pippo-data cache-latents``), or "auto" for
+    ``<root>/latents``. A cache matching this data and ``resolution`` is used (batches then
+    carry ``latents``, ``ref_latent``, ``anchor_latents``); stale ones are reported and skipped.
+    latent_cache_key picks one compressor's cache when several exist. After :meth:`setup`,
+    :attr:`latent_identity` names the compressor the cached latents came from (None: no cache),
+    for the stage to compare with its own (``latent_cache.check_latent_identity``).
     """
 
     def __init__(
@@ -57,6 +123,11 @@ class MultiViewDataModule(LightningDataModule):
         cache_in_memory: bool = True,
         plucker_source: PluckerSource = "recompute",
         studio_cache_dir: str | None = None,
+        view_sampling: ViewSampling = "random",
+        val_view_sampling: ViewSampling = "fixed",
+        latent_cache: str | None = None,
+        latent_cache_key: str | None = None,
+        prefetch_factor: int | None = None,
     ) -> None:
         super().__init__()
         if synthetic is not None and not isinstance(synthetic, StudioConfig):
@@ -65,6 +136,12 @@ class MultiViewDataModule(LightningDataModule):
             raise ValueError(
                 "MultiViewDataModule needs a data root, a synthetic studio config, or both"
             )
+        for name, value in (
+            ("view_sampling", view_sampling),
+            ("val_view_sampling", val_view_sampling),
+        ):
+            if value not in VIEW_SAMPLINGS:
+                raise ValueError(f"{name} must be one of {VIEW_SAMPLINGS}, got {value!r}")
         self.synthetic = synthetic
         self.root = (
             Path(root) if root is not None else default_studio_root(synthetic, studio_cache_dir)
@@ -72,10 +149,14 @@ class MultiViewDataModule(LightningDataModule):
         self.num_views, self.val_num_views = num_views, val_num_views or num_views
         self.resolution, self.seed = resolution, seed
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
-        self.num_workers, self.pin_memory = num_workers, pin_memory
-        # torch refuses persistent workers without workers.
-        self.persistent_workers = persistent_workers and num_workers > 0
+        self._set_loader(num_workers, pin_memory, persistent_workers, prefetch_factor)
         self.cache_in_memory, self.plucker_source = cache_in_memory, plucker_source
+        self.view_sampling, self.val_view_sampling = view_sampling, val_view_sampling
+        self.latent_cache = (
+            self.root / DEFAULT_CACHE_DIR if latent_cache == "auto" else latent_cache
+        )
+        self.latent_cache_key = latent_cache_key
+        self.latent_identity: str | None = None
         self.train_dataset: MultiViewDataset | None = None
         self.val_dataset: MultiViewDataset | None = None
 
@@ -89,27 +170,53 @@ class MultiViewDataModule(LightningDataModule):
             # setup() without prepare_data() (scripts, notebooks): generate in this process.
             self.prepare_data()
         if self.train_dataset is None and stage in (None, "fit"):
-            self.train_dataset = self._dataset("train", self.num_views, "random")
+            self.train_dataset = self._dataset("train", self.num_views, self.view_sampling)
         if (
             self.val_dataset is None
             and stage in (None, "fit", "validate")
             and self._has_split("val")
         ):
-            self.val_dataset = self._dataset("val", self.val_num_views, "fixed")
+            self.val_dataset = self._dataset("val", self.val_num_views, self.val_view_sampling)
 
     def _has_split(self, split: str) -> bool:
-        return any((self.root / split).glob("*.npy"))
+        return (self.root / split).is_dir() and has_samples(self.root / split)
 
     def _dataset(self, split: str, num_views: int, sampling: ViewSampling) -> MultiViewDataset:
+        source = open_source(self.root / split)
         return MultiViewDataset(
-            self.root / split,
+            source,
             num_views=num_views,
             resolution=self.resolution,
             view_sampling=sampling,
             seed=self.seed,
             cache_in_memory=self.cache_in_memory,
             plucker_source=self.plucker_source,
+            latents=self._latents(split, source),
         )
+
+    def _latents(self, split: str, source: Any) -> LatentCache | None:
+        """The usable latent cache of ``split`` (None without one); one compressor for all."""
+        if self.latent_cache is None:
+            return None
+        cache = find_latent_cache(
+            self.latent_cache, split, source, self.resolution, self.latent_cache_key
+        )
+        if cache is None:
+            log.warning(
+                "no usable latent cache for %s/%s at %d px under %s: encoding on the fly",
+                self.root,
+                split,
+                self.resolution,
+                self.latent_cache,
+            )
+            return None
+        if self.latent_identity not in (None, cache.identity):
+            raise PippoError(
+                f"latent caches of different compressors for train ({self.latent_identity}) and "
+                f"{split} ({cache.identity}); set data.latent_cache_key"
+            )
+        self.latent_identity = cache.identity
+        return cache
 
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
@@ -125,12 +232,73 @@ class MultiViewDataModule(LightningDataModule):
             return []  # no validation split: Lightning skips validation
         return self._loader(self.val_dataset, self.val_batch_size, shuffle=False)
 
-    def _loader(self, dataset: MultiViewDataset, batch_size: int, **kwargs: Any) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            **kwargs,
-        )
+
+class PhotoFolderDataModule(_LoaderSettings, LightningDataModule):
+    """Single-view batches ``{"images": [B, 1, 3, R, R], "index": [B]}`` from a photo tree.
+
+    Photos are split into train / val by a hash of their relative path (``val_fraction``).
+    :meth:`setup` scans the folder (``check``: "header" opens each file's header, "decode"
+    decodes every photo, "none" trusts the suffix) and reports unreadable files: a warning
+    with the count and the first paths, and the full list in :attr:`unreadable`.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        resolution: int = 256,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        val_fraction: float = 0.01,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        prefetch_factor: int | None = None,
+        seed: int = 0,
+        check: Check = "header",
+        on_error: OnError = "raise",
+        suffixes: Sequence[str] = PHOTO_SUFFIXES,
+    ) -> None:
+        super().__init__()
+        self.root, self.resolution, self.seed = Path(root), resolution, seed
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.val_fraction, self.check, self.on_error = val_fraction, check, on_error
+        self.suffixes = tuple(suffixes)
+        self._set_loader(num_workers, pin_memory, persistent_workers, prefetch_factor)
+        self.unreadable: list[tuple[Path, str]] = []
+        self.train_dataset: PhotoFolderDataset | None = None
+        self.val_dataset: PhotoFolderDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        scan = scan_photos(self.root, self.check, self.suffixes)
+        self.unreadable = scan.unreadable
+        if scan.unreadable:
+            shown = "; ".join(f"{p}: {why}" for p, why in scan.unreadable[:5])
+            log.warning(
+                "%d of %d photos under %s are unreadable and left out (first: %s)",
+                len(scan.unreadable),
+                len(scan.unreadable) + len(scan.files),
+                self.root,
+                shown,
+            )
+        splits: dict[str, list[Path]] = {"train": [], "val": []}
+        for path in scan.files:
+            splits[split_of(path, self.root, self.val_fraction)].append(path)
+        if not splits["train"]:
+            raise FileNotFoundError(f"no readable photos for training under {self.root}")
+        self.train_dataset = PhotoFolderDataset(splits["train"], self.resolution, self.on_error)
+        if splits["val"]:
+            self.val_dataset = PhotoFolderDataset(splits["val"], self.resolution, self.on_error)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        assert self.train_dataset is not None
+        sampler = EpochSampler(len(self.train_dataset), seed=self.seed, shuffle=True)
+        return self._loader(self.train_dataset, self.batch_size, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self.setup("validate")
+        if self.val_dataset is None:
+            return []
+        return self._loader(self.val_dataset, self.val_batch_size, shuffle=False)

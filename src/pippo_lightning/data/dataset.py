@@ -22,25 +22,40 @@ azimuth_deg       [NV]               camera azimuth around ``up`` relative to th
 index             int                position of the sample in the dataset
 ================  =================  ==========================================================
 
+With a latent cache (:mod:`.latent_cache`, built by ``pippo-data cache-latents``) three more keys
+hold the compressor's encodings of exactly the tensors above, so a stage can skip encoding:
+
+================  =================  ==========================================================
+latents           [NV, C, h, w]      ``compressor.encode(images)``
+ref_latent        [1, C, h, w]       ``compressor.encode(ref_image)``
+anchor_latents    [NV + 1, C, h, w]  ``compressor.encode(cat([anchor, ref_anchor]))``: targets,
+                                     then the reference (the order ``LatentBatch`` uses)
+================  =================  ==========================================================
+
 H = W = ``resolution``. The studio's up axis is +y (``geometry.cameras.WORLD_UP``); pass ``up``
 for data captured with another convention.
+
+View sampling (``view_sampling``): "random" draws ``num_views`` distinct views uniformly;
+"spread" takes views nearest to evenly spaced azimuths starting at a random angle (a random
+turnaround); "fixed" the same starting at the reference azimuth (deterministic: validation).
+Random draws come from (seed, epoch, index), so they are reproducible in any worker.
 """
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from pippo_lightning.data.npy_io import read_npy_sample
 from pippo_lightning.data.samplers import mix_seed
 from pippo_lightning.data.schema import SampleError, canonical_sample, check_sample
+from pippo_lightning.data.sources import NpySource, SampleSource, SourceSpec, open_source
 from pippo_lightning.geometry.cameras import (
     WORLD_UP,
     relative_azimuth_deg,
@@ -48,6 +63,9 @@ from pippo_lightning.geometry.cameras import (
     to_homogeneous_extrinsics,
 )
 from pippo_lightning.geometry.plucker import plucker_rays
+
+if TYPE_CHECKING:
+    from pippo_lightning.data.latent_cache import LatentCache
 
 #: Keys of every item, in the order of the table above.
 BATCH_KEYS: tuple[str, ...] = (
@@ -66,68 +84,64 @@ BATCH_KEYS: tuple[str, ...] = (
     "azimuth_deg",
     "index",
 )
+#: Keys added after BATCH_KEYS when the dataset reads a latent cache.
+LATENT_KEYS: tuple[str, ...] = ("latents", "ref_latent", "anchor_latents")
 
-ViewSampling = Literal["random", "fixed"]
+ViewSampling = Literal["random", "spread", "fixed"]
+VIEW_SAMPLINGS: tuple[str, ...] = ("random", "spread", "fixed")
 PluckerSource = Literal["recompute", "stored"]
 
 
 def list_sample_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
     """A directory (its ``*.npy``, sorted) or an explicit list of files."""
-    if isinstance(source, str | Path):
-        root = Path(source)
-        if not root.is_dir():
-            raise FileNotFoundError(f"sample directory {root} does not exist")
-        files = sorted(root.glob("*.npy"))
-        if not files:
-            raise FileNotFoundError(f"no *.npy sample files in {root}")
-        return files
-    files = [Path(f) for f in source]
-    if not files:
-        raise ValueError("MultiViewDataset: empty list of sample files")
-    return files
+    opened = open_source(source)
+    if not isinstance(opened, NpySource):
+        raise ValueError(f"{source} is a shard directory, not a folder of .npy files")
+    return opened.files
 
 
-def load_sample(path: str | Path) -> dict[str, Any]:
-    """Read one sample file (pickled dict of tensors or arrays), canonicalised and validated.
-
-    The format is a pickle (as the original's): only read files from sources you trust.
-    """
-    try:
-        raw = np.load(path, allow_pickle=True)
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
-        raise SampleError(f"{path}: cannot read the sample file: {error}") from error
-    value = (
-        raw.item()
-        if isinstance(raw, np.ndarray) and raw.dtype == object and raw.shape == ()
-        else raw
-    )
-    if not isinstance(value, dict):
-        found = (
-            f"array {list(raw.shape)} {raw.dtype}"
-            if isinstance(raw, np.ndarray)
-            else type(value).__name__
-        )
-        raise SampleError(f"{path}: expected a pickled dict (np.save of a dict), found {found}")
-    sample = canonical_sample(value)
-    check_sample(sample, path)
+def prepare_sample(raw: dict[str, Any], where: str | Path) -> dict[str, Any]:
+    """Canonicalise (aliases, arrays -> tensors) and validate a raw sample dict."""
+    sample = canonical_sample(raw)
+    check_sample(sample, where)
     return sample
 
 
-def evenly_spaced_views(azimuth_deg: Tensor, count: int) -> Tensor:
-    """Indices [count] of views closest to azimuths 0, 360/count, 2*360/count, ... (no repeats).
+def load_sample(path: str | Path) -> dict[str, Any]:
+    """Read one ``.npy`` sample file, canonicalised and validated (raises SampleError).
 
-    Deterministic, and starts at the reference direction, so validation sees a turnaround.
+    Uses the restricted unpickler of :mod:`.npy_io`: only arrays, tensors and plain values load.
+    """
+    return prepare_sample(read_npy_sample(path), path)
+
+
+def evenly_spaced_views(azimuth_deg: Tensor, count: int, start_deg: float = 0.0) -> Tensor:
+    """Indices [count] of views closest to azimuths start, start + 360/count, ... (no repeats).
+
+    With start 0 it is deterministic and begins at the reference direction (a turnaround).
     """
     taken = torch.zeros_like(azimuth_deg, dtype=torch.bool)
     chosen = []
     for k in range(count):
-        target = 360.0 * k / count
+        target = start_deg + 360.0 * k / count
         gap = (azimuth_deg - target).remainder(360.0)
         gap = torch.minimum(gap, 360.0 - gap).masked_fill(taken, float("inf"))
         index = int(gap.argmin())
         taken[index] = True
         chosen.append(index)
     return torch.tensor(chosen, dtype=torch.long)
+
+
+def select_views(
+    azimuth_deg: Tensor, count: int, sampling: ViewSampling, generator: torch.Generator
+) -> Tensor:
+    """Indices [count] of the views to use, by strategy (see the module docstring)."""
+    if sampling == "fixed":
+        return evenly_spaced_views(azimuth_deg, count)
+    if sampling == "spread":
+        start = float(torch.rand((), generator=generator)) * 360.0
+        return evenly_spaced_views(azimuth_deg, count, start)
+    return torch.randperm(azimuth_deg.shape[0], generator=generator)[:count]
 
 
 def resize_images(images: Tensor, height: int, width: int) -> Tensor:
@@ -139,20 +153,38 @@ def resize_images(images: Tensor, height: int, width: int) -> Tensor:
     )
 
 
+def pixels_at(images: Tensor, anchors: Tensor, intrinsics: Tensor, size: int) -> dict[str, Tensor]:
+    """Images/anchors [N, 3, h, w] (0-255) resized to size x size in [-1, 1], K scaled to match.
+
+    The one place pixels are resized, shared by the dataset and the latent cache so cached
+    latents encode exactly the tensors a batch would hold.
+    """
+    height, width = images.shape[-2:]
+    return {
+        "images": _to_unit_range(resize_images(_float(images), size, size)),
+        "anchor": _to_unit_range(resize_images(_float(anchors), size, size)),
+        "intrinsics": scale_intrinsics(intrinsics, size / width, size / height),
+    }
+
+
 class MultiViewDataset(Dataset):
     """Samples of ``num_views`` target views plus the reference view (batch contract above).
 
-    view_sampling "random" draws views from a generator seeded by (seed, epoch, index): pass
-    (index, epoch) keys (see :class:`~pippo_lightning.data.samplers.EpochSampler`) or call
-    :meth:`set_epoch`. "fixed" takes the views nearest to evenly spaced azimuths (validation).
+    source: a folder of ``*.npy`` samples, a shard directory, a list of ``.npy`` files, or a
+    :class:`~pippo_lightning.data.sources.SampleSource`.
+    view_sampling: "random" | "spread" | "fixed" (module docstring). Random draws are seeded by
+    (seed, epoch, index): pass (index, epoch) keys (see
+    :class:`~pippo_lightning.data.samplers.EpochSampler`) or call :meth:`set_epoch`.
     plucker_source "recompute" derives the rays exactly from the (resized) cameras; "stored"
     resizes the file's ``plucker`` maps instead (bilinear, approximate).
-    cache_in_memory keeps loaded files (per process: every DataLoader worker has its own cache).
+    cache_in_memory keeps loaded samples (per process: every DataLoader worker has its own cache).
+    latents: a :class:`~pippo_lightning.data.latent_cache.LatentCache` for these samples at this
+    resolution; items then also carry :data:`LATENT_KEYS`.
     """
 
     def __init__(
         self,
-        source: str | Path | Sequence[str | Path],
+        source: SourceSpec | SampleSource,
         num_views: int,
         resolution: int,
         view_sampling: ViewSampling = "random",
@@ -160,9 +192,12 @@ class MultiViewDataset(Dataset):
         cache_in_memory: bool = False,
         up: Sequence[float] = WORLD_UP,
         plucker_source: PluckerSource = "recompute",
+        latents: LatentCache | None = None,
     ) -> None:
-        if view_sampling not in ("random", "fixed"):
-            raise ValueError(f"view_sampling must be 'random' or 'fixed', got {view_sampling!r}")
+        if view_sampling not in VIEW_SAMPLINGS:
+            raise ValueError(
+                f"view_sampling must be one of {VIEW_SAMPLINGS}, got {view_sampling!r}"
+            )
         if plucker_source not in ("recompute", "stored"):
             raise ValueError(
                 f"plucker_source must be 'recompute' or 'stored', got {plucker_source!r}"
@@ -171,7 +206,7 @@ class MultiViewDataset(Dataset):
             raise ValueError(
                 f"num_views and resolution must be >= 1, got {num_views}, {resolution}"
             )
-        self.files = list_sample_files(source)
+        self.source = open_source(source)
         self.num_views, self.resolution = num_views, resolution
         self.view_sampling, self.seed = view_sampling, seed
         self.cache_in_memory, self.up, self.plucker_source = (
@@ -179,11 +214,21 @@ class MultiViewDataset(Dataset):
             tuple(up),
             plucker_source,
         )
+        if latents is not None:
+            latents.check_matches(self.source, resolution)
+        self.latents = latents
         self.epoch = 0
         self._cache: dict[int, dict[str, Any]] = {}
 
+    @property
+    def files(self) -> list[Path]:
+        """The sample files (``.npy`` sources only)."""
+        if not isinstance(self.source, NpySource):
+            raise AttributeError("a shard-directory dataset has no per-sample files")
+        return self.source.files
+
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.source)
 
     def set_epoch(self, epoch: int) -> None:
         """Epoch used for plain integer keys (keys of the form (index, epoch) override it)."""
@@ -193,9 +238,10 @@ class MultiViewDataset(Dataset):
         """The validated raw sample at ``index`` (from the cache when enabled)."""
         if index in self._cache:
             return self._cache[index]
-        sample = load_sample(self.files[index])
+        where = self.source.describe(index)
+        sample = prepare_sample(self.source.read(index), where)
         if self.plucker_source == "stored":
-            check_sample(sample, self.files[index], required=("plucker", "ref_plucker"))
+            check_sample(sample, where, required=("plucker", "ref_plucker"))
         if self.cache_in_memory:
             self._cache[index] = sample
         return sample
@@ -206,24 +252,24 @@ class MultiViewDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         sample = self.load(index)
-        path = self.files[index]
         cams = _cameras(sample)
         azimuth = relative_azimuth_deg(cams["extrinsics"], cams["ref_extrinsics"], up=self.up)
-        views = self._select_views(azimuth, path, epoch, index)
+        views = self._select_views(azimuth, self.source.describe(index), epoch, index)
         parts = {**self._views(sample, cams, views), **self._reference(sample, cams)}
         parts.update(azimuth_deg=azimuth[views], index=index)
-        return {key: parts[key] for key in BATCH_KEYS}
+        item = {key: parts[key] for key in BATCH_KEYS}
+        if self.latents is not None:
+            item.update(self.latents.item(index, views))
+        return item
 
-    def _select_views(self, azimuth: Tensor, path: Path, epoch: int, index: int) -> Tensor:
+    def _select_views(self, azimuth: Tensor, where: str, epoch: int, index: int) -> Tensor:
         available = azimuth.shape[0]
         if self.num_views > available:
             raise SampleError(
-                f"{path}: asked for {self.num_views} views but the sample has {available}"
+                f"{where}: asked for {self.num_views} views but the sample has {available}"
             )
-        if self.view_sampling == "fixed":
-            return evenly_spaced_views(azimuth, self.num_views)
         generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, index))
-        return torch.randperm(available, generator=generator)[: self.num_views]
+        return select_views(azimuth, self.num_views, self.view_sampling, generator)
 
     def _views(
         self, sample: dict[str, Any], cams: dict[str, Tensor], views: Tensor
@@ -231,7 +277,7 @@ class MultiViewDataset(Dataset):
         """Target-view entries for the chosen ``views`` at the output resolution."""
         images = sample["image"][views, 0]  # [NV, 3, h, w]
         intrinsics, extrinsics = cams["intrinsics"][views], cams["extrinsics"][views]
-        out = self._pixels(images, sample["kpts"][views, 0], intrinsics)
+        out = pixels_at(images, sample["kpts"][views, 0], intrinsics, self.resolution)
         stored = sample["plucker"][views, 0] if self.plucker_source == "stored" else None
         return {
             "images": out["images"],
@@ -244,8 +290,11 @@ class MultiViewDataset(Dataset):
 
     def _reference(self, sample: dict[str, Any], cams: dict[str, Tensor]) -> dict[str, Tensor]:
         """Reference entries ([1, ...]) at the output resolution."""
-        out = self._pixels(
-            sample["ref_image"][:, 0], sample["ref_kpts"][:, 0], cams["ref_intrinsics"]
+        out = pixels_at(
+            sample["ref_image"][:, 0],
+            sample["ref_kpts"][:, 0],
+            cams["ref_intrinsics"],
+            self.resolution,
         )
         stored = sample["ref_plucker"][:, 0] if self.plucker_source == "stored" else None
         return {
@@ -255,16 +304,6 @@ class MultiViewDataset(Dataset):
             "ref_anchor": out["anchor"],
             "ref_intrinsics": out["intrinsics"],
             "ref_extrinsics": cams["ref_extrinsics"],
-        }
-
-    def _pixels(self, images: Tensor, anchors: Tensor, intrinsics: Tensor) -> dict[str, Tensor]:
-        """Resize images/anchors [N, 3, h, w] to the output size, scale K to match, map to [-1, 1]."""
-        size = self.resolution
-        height, width = images.shape[-2:]
-        return {
-            "images": _to_unit_range(resize_images(_float(images), size, size)),
-            "anchor": _to_unit_range(resize_images(_float(anchors), size, size)),
-            "intrinsics": scale_intrinsics(intrinsics, size / width, size / height),
         }
 
     def _plucker(self, intrinsics: Tensor, extrinsics: Tensor, stored: Tensor | None) -> Tensor:

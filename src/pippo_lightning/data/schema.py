@@ -1,10 +1,51 @@
-"""The per-sample file format (the original Pippo layout) and its validation.
+"""The per-sample schema (the original Pippo layout) and its structural validation.
 
-A sample file is ``np.save(path, dict, allow_pickle=True)`` of a dict whose values are torch
-tensors or numpy arrays. T is the original's frame axis and must be 1. NV views share H x W;
-the reference view has its own RH x RW. Images and anchors hold 0-255 values (float or uint8);
-cameras follow :mod:`pippo_lightning.geometry.cameras` (OpenCV, world->camera, intrinsics in pixels
-of the stored image).
+One *sample* is one subject at one instant seen by NV calibrated cameras plus a reference camera.
+On disk it is either an ``.npy`` file (``np.save`` of a dict, the original release's format; see
+:mod:`.npy_io`) or one entry of a shard directory (:mod:`.shards`); both hold the same keys.
+
+Keys (T is the original's frame axis and must be 1; symbols must agree across keys):
+
+==================  =====================  ============  ==============================================
+key                 shape                  dtype         meaning
+==================  =====================  ============  ==============================================
+image (or video)    [NV, 1, 3, H, W]       float, uint8  target views, RGB values in [0, 255]
+ref_image           [1, 1, 3, RH, RW]      float, uint8  the reference (input) view, [0, 255]
+cam_pose            [NV, 1, 16]            float         camera MLP input per view (layout below)
+ref_cam_pose        [1, 1, 16]             float         same for the reference camera
+kpts                [NV, 1, 3, H, W]       float, uint8  spatial-anchor images, [0, 255] on black
+ref_kpts            [1, 1, 3, RH, RW]      float, uint8  spatial anchor seen by the reference camera
+cam_intrin          [NV, 3, 3|4]           float         intrinsics K, pixels of the stored image
+cam_extrin          [NV, 3|4, 4]           float         world->camera [R | t] (OpenCV axes)
+ref_cam_intrin      [1, 3, 3|4]            float         reference intrinsics
+ref_cam_extrin      [1, 3|4, 4]            float         reference world->camera
+plucker (opt.)      [NV, 1, 6, H, W]       float         per-pixel ray (d, o x d), d unit, world
+ref_plucker (opt.)  [1, 1, 6, RH, RW]      float         reference rays
+head_center (opt.)  [3]                    float         world position of the head centre
+head_forward (opt.) [3]                    float         unit facing direction of the head (world)
+head_up (opt.)      [3]                    float         unit up direction of the head (world)
+face_image (opt.)   [1, 1, 3, FH, FW]      float, uint8  face crop of the reference camera, [0, 255]
+face_cam_intrin     [1, 3, 3]              float         intrinsics of the face crop (pixels)
+face_cam_extrin     [1, 4, 4]              float         its world->camera (the reference camera's)
+==================  =====================  ============  ==============================================
+
+Metadata keys (optional, not tensors): ``subject`` (str), ``frame`` (str), ``camera_names``
+(list[str], one per target view), ``ref_camera`` (str), ``world_unit`` (str, "m").
+
+Camera convention (shared with :mod:`pippo_lightning.geometry.cameras`):
+
+- OpenCV camera axes: x right, y down, z forward (the viewing direction);
+- extrinsics map world to camera, ``x_cam = R @ x_world + t``; R is a proper rotation;
+- intrinsics are in pixels *of the stored image*; pixel (row i, column j) has its centre at
+  (u, v) = (j + 0.5, i + 0.5), so resizing by s scales K's first two rows by s exactly;
+- the world is metric (metres) when produced by ``pippo-data prepare`` or the synthetic studio.
+
+``cam_pose`` = the 12 entries of world->camera ``[R | t]`` row-major, then fx/W, fy/H, cx/W, cy/H
+(:func:`pippo_lightning.geometry.cameras.camera_pose_vector`).
+
+:func:`validate_sample` lists *every* structural problem (missing keys, shapes, dtypes, non-finite
+numbers, values outside [0, 255]); :func:`check_sample` raises them as one :class:`SampleError`.
+Geometric checks (rotations, intrinsics, visibility of the head) live in :mod:`.validate`.
 """
 
 from __future__ import annotations
@@ -12,16 +53,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from pippo_lightning.errors import PippoError
+
 Dim = int | str
 Shape = tuple[Dim, ...]
+Severity = Literal["error", "warning"]
+
+#: Value range of pixel-valued keys (images and anchors).
+PIXEL_RANGE: tuple[float, float] = (0.0, 255.0)
 
 
-class SampleError(ValueError):
+class SampleError(PippoError, ValueError):
     """A sample file does not match the schema; the message names the file and the key."""
 
 
@@ -30,7 +77,7 @@ class KeySpec:
     """Accepted shapes (alternatives; symbols must agree across keys) and value kind."""
 
     shapes: tuple[Shape, ...]
-    pixels: bool = False  # 0-255 images: uint8 allowed besides floating point
+    pixels: bool = False  # 0-255 images: uint8 allowed besides floating point, range checked
     required: bool = True
     description: str = ""
 
@@ -54,10 +101,39 @@ SAMPLE_KEYS: dict[str, KeySpec] = {
     "ref_plucker": KeySpec(((1, 1, 6, "RH", "RW"),), required=False, description="reference rays"),
     "head_center": KeySpec(((3,),), required=False, description="world position of the head"),
     "head_forward": KeySpec(((3,),), required=False, description="world facing direction"),
+    "head_up": KeySpec(((3,),), required=False, description="world up direction of the head"),
+    "face_image": KeySpec(
+        ((1, 1, 3, "FH", "FW"),), pixels=True, required=False, description="face crop, 0-255"
+    ),
+    "face_cam_intrin": KeySpec(((1, 3, 3),), required=False, description="face crop intrinsics"),
+    "face_cam_extrin": KeySpec(((1, 4, 4),), required=False, description="face crop extrinsics"),
+}
+
+#: Non-tensor entries ``prepare`` writes; validated for type only.
+METADATA_KEYS: dict[str, type] = {
+    "subject": str,
+    "frame": str,
+    "camera_names": list,
+    "ref_camera": str,
+    "world_unit": str,
 }
 
 #: Older files call the target views "video".
 KEY_ALIASES: dict[str, str] = {"video": "image"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one file: where, which key (None: the file itself), what."""
+
+    path: str
+    key: str | None
+    message: str
+    severity: Severity = "error"
+
+    def __str__(self) -> str:
+        where = f"{self.path}: key {self.key!r}" if self.key else self.path
+        return f"{where}: {self.message}"
 
 
 def canonical_sample(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -71,49 +147,101 @@ def canonical_sample(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 def _numeric_tensor(array: np.ndarray) -> Any:
     """Numeric arrays become tensors; anything else (strings, objects) is left alone."""
-    return torch.from_numpy(array) if array.dtype.kind in "biuf" else array
+    if array.dtype.kind in "biuf" and array.dtype.byteorder in "=|":
+        return torch.from_numpy(np.ascontiguousarray(array))
+    if array.dtype.kind in "biuf":  # big-endian data from another machine: convert first
+        return torch.from_numpy(array.astype(array.dtype.newbyteorder("=")))
+    return array
 
 
 def check_sample(
     sample: Mapping[str, Any], path: str | Path, required: tuple[str, ...] = ()
 ) -> None:
-    """Raise :class:`SampleError` if ``sample`` does not follow :data:`SAMPLE_KEYS`.
+    """Raise :class:`SampleError` listing every structural problem of ``sample`` (if any).
 
-    Checks presence of required keys (plus ``required``), shapes (with symbolic sizes consistent
-    across keys), dtypes and finiteness. ``sample`` should be :func:`canonical_sample`'d.
+    ``sample`` should be :func:`canonical_sample`'d; ``required`` adds keys to the required set.
     """
+    problems = [p for p in validate_sample(sample, path, required) if p.severity == "error"]
+    if problems:
+        raise SampleError("; ".join(str(p) for p in problems))
+
+
+def validate_sample(
+    sample: Mapping[str, Any], path: str | Path, required: tuple[str, ...] = ()
+) -> list[Problem]:
+    """Every structural problem of a canonical sample: keys, shapes, dtypes, finiteness, ranges.
+
+    Never raises on bad values: a wrong type or shape is one more :class:`Problem`.
+    """
+    path = str(path)
+    problems: list[Problem] = []
     sizes: dict[str, int] = {}
     for key, spec in SAMPLE_KEYS.items():
         if key not in sample:
             if spec.required or key in required:
                 aliases = [a for a, k in KEY_ALIASES.items() if k == key]
                 also = f" (or {', '.join(repr(a) for a in aliases)})" if aliases else ""
-                raise SampleError(
-                    f"{path}: missing key {key!r}{also} ({spec.description}); "
-                    f"found keys {sorted(sample)}"
+                problems.append(
+                    Problem(
+                        path,
+                        None,
+                        f"missing key {key!r}{also} ({spec.description}); "
+                        f"found keys {sorted(map(str, sample))}",
+                    )
                 )
             continue
-        _check_value(sample[key], key, spec, sizes, path)
+        problems += [Problem(path, key, m) for m in _value_problems(sample[key], spec, sizes)]
+    for key, kind in METADATA_KEYS.items():
+        if key in sample and not isinstance(sample[key], kind):
+            problems.append(
+                Problem(
+                    path,
+                    key,
+                    f"expected {kind.__name__}, found {type(sample[key]).__name__}",
+                    "warning",
+                )
+            )
+    return problems
 
 
-def _check_value(
-    value: Any, key: str, spec: KeySpec, sizes: dict[str, int], path: str | Path
-) -> None:
+def _value_problems(value: Any, spec: KeySpec, sizes: dict[str, int]) -> list[str]:
+    """What is wrong with one value: type, shape, dtype, non-finite entries, range."""
     if not isinstance(value, torch.Tensor | np.ndarray):
-        raise SampleError(
-            f"{path}: key {key!r}: expected a tensor or array, found {type(value).__name__}"
-        )
-    tensor = torch.as_tensor(value)
+        return [f"expected a tensor or array, found {type(value).__name__}"]
+    tensor = torch.as_tensor(value) if isinstance(value, torch.Tensor) else None
+    if tensor is None:
+        if value.dtype.kind not in "biuf":
+            return [f"expected a numeric array, found dtype {value.dtype}"]
+        tensor = _numeric_tensor(value)
+    messages = []
     shape = tuple(tensor.shape)
     if not any(_bind(pattern, shape, sizes) for pattern in spec.shapes):
         expected = " or ".join(_describe(pattern, sizes) for pattern in spec.shapes)
-        raise SampleError(f"{path}: key {key!r}: expected shape {expected}, found {list(shape)}")
+        messages.append(f"expected shape {expected}, found {list(shape)}")
     allowed = "floating point or uint8" if spec.pixels else "floating point"
     if not (tensor.is_floating_point() or (spec.pixels and tensor.dtype == torch.uint8)):
-        raise SampleError(f"{path}: key {key!r}: expected dtype {allowed}, found {tensor.dtype}")
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-        bad = int((~torch.isfinite(tensor)).sum())
-        raise SampleError(f"{path}: key {key!r}: {bad} non-finite values (nan/inf)")
+        messages.append(f"expected dtype {allowed}, found {tensor.dtype}")
+        return messages
+    if tensor.is_floating_point():
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            messages.append(f"{bad} non-finite values (nan/inf) of {tensor.numel()}")
+            return messages
+    if spec.pixels and tensor.numel():
+        messages += _range_problems(tensor)
+    return messages
+
+
+def _range_problems(pixels: torch.Tensor) -> list[str]:
+    """Pixel values must lie in [0, 255]; common mistakes ([-1, 1], [0, 1]) are named."""
+    low, high = float(pixels.min()), float(pixels.max())
+    if low >= PIXEL_RANGE[0] and high <= PIXEL_RANGE[1]:
+        return []
+    hint = ""
+    if low >= -1.0 and high <= 1.0:
+        hint = " (looks like [-1, 1]: store (x + 1) * 127.5)"
+    return [f"expected values in [0, 255], found [{low:.4g}, {high:.4g}]{hint}"]
 
 
 def _bind(pattern: Shape, shape: tuple[int, ...], sizes: dict[str, int]) -> bool:

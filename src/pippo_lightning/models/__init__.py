@@ -3,7 +3,12 @@
 from pippo_lightning.models.camera import CameraMLP
 from pippo_lightning.models.control import ControlMLP
 from pippo_lightning.models.dit import DiT, DiTBlock
-from pippo_lightning.models.original_keys import config_from_original, convert_original_state_dict
+from pippo_lightning.models.original_keys import (
+    OriginalCheckpointError,
+    config_from_original,
+    convert_original_state_dict,
+    to_original_state_dict,
+)
 from pippo_lightning.models.pippo import (
     MODEL_SIZES,
     Pippo,
@@ -19,6 +24,7 @@ __all__ = [
     "ControlMLP",
     "DiT",
     "DiTBlock",
+    "OriginalCheckpointError",
     "Pippo",
     "PippoConfig",
     "ReferenceEncoder",
@@ -26,4 +32,5 @@ __all__ = [
     "convert_original_state_dict",
     "count_parameters",
     "pippo_config",
+    "to_original_state_dict",
 ]

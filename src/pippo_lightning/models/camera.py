@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pippo_lightning.models.layers import GEGLU
+from pippo_lightning.models.layers import GEGLU, FP32LayerNorm
 
 
 class CameraMLP(nn.Module):
@@ -13,10 +13,10 @@ class CameraMLP(nn.Module):
 
     def __init__(self, in_features: int, hidden: int, dim: int) -> None:
         super().__init__()
-        self.in_norm = nn.LayerNorm(in_features)
+        self.in_norm = FP32LayerNorm(in_features)
         self.in_proj = nn.Linear(in_features, hidden)
         self.token = nn.Parameter(torch.zeros(hidden))
-        self.norm = nn.LayerNorm(hidden)
+        self.norm = FP32LayerNorm(hidden)
         self.geglu = GEGLU(hidden, hidden)
         self.out_proj = nn.Linear(hidden, dim)
         self.initialize_weights()

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from pippo_lightning.models.layers import (
     FinalLayer,
+    FP32LayerNorm,
     PatchEmbed,
     TimestepEmbedder,
     modulate,
@@ -27,10 +28,11 @@ class DiTBlock(nn.Module):
         mlp_hidden = int(dim * mlp_ratio)
         self.split_sizes = [mlp_hidden, dim, dim, dim]
 
-        self.norm = nn.LayerNorm(dim)
+        # every norm runs in fp32 (see FP32LayerNorm): the guard rail for bf16 autocast
+        self.norm = FP32LayerNorm(dim)
         self.in_proj = nn.Linear(dim, mlp_hidden + 3 * dim)  # fused [mlp hidden, q, k, v]
-        self.q_norm = nn.LayerNorm(self.head_dim)
-        self.k_norm = nn.LayerNorm(self.head_dim)
+        self.q_norm = FP32LayerNorm(self.head_dim)
+        self.k_norm = FP32LayerNorm(self.head_dim)
         self.attn_out = nn.Linear(dim, dim)
         self.mlp_act = nn.GELU()
         self.mlp_out = nn.Linear(mlp_hidden, dim)
@@ -56,6 +58,8 @@ class DiTBlock(nn.Module):
             rearrange(k, "b l h e -> b h l e"),
             rearrange(v, "b l (h e) -> b h l e", h=self.num_heads),
         )
+        # q, k are normalised in fp32 and come back in v's dtype (bf16 under autocast), so the
+        # fused kernels run; those keep the softmax's max, exp-sum and accumulation in fp32.
         attn = F.scaled_dot_product_attention(q, k, v, scale=attention_scale)
         attn = self.attn_out(rearrange(attn, "b h l e -> b l (h e)"))
         attn = gate_attn * modulate(attn, shift_attn, scale_attn)

@@ -60,11 +60,32 @@ class TimestepEmbedder(nn.Module):
         nn.init.normal_(self.mlp[2].weight, std=0.02)
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(timestep_embedding(t, self.frequency_dim))  # [B] -> [B, D]
+        # features are built in fp32 (t up to 1000 needs it); a bf16-cast model gets them in bf16
+        features = timestep_embedding(t, self.frequency_dim).to(self.mlp[0].weight.dtype)
+        return self.mlp(features)  # [B] -> [B, D]
 
 
-class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of a channel-first map [B, C, H, W]."""
+class FP32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 whatever the input, autocast or parameter dtype; returned in
+    the input's dtype.
+
+    A wide row's mean and variance need fp32 (bf16 keeps ~3 significant digits), and autocast
+    treats layer_norm differently per device: CUDA computes in fp32 and *returns* fp32 (q, k
+    would then meet a bf16 v in attention), CPU returns bf16. Computing in fp32 and casting back
+    behaves the same everywhere, bf16-cast weights included. Same parameters as nn.LayerNorm,
+    and identical to it in fp32.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            y = F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
+        return y.to(x.dtype)
+
+
+class LayerNorm2d(FP32LayerNorm):
+    """LayerNorm over the channels of a channel-first map [B, C, H, W] (in fp32)."""
 
     def forward(self, x: Tensor) -> Tensor:
         x = rearrange(x, "b c h w -> b h w c")
@@ -78,7 +99,7 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.patch = patch
         self.proj = nn.Linear(in_channels * patch * patch, dim)
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm = FP32LayerNorm(dim, elementwise_affine=False, eps=1e-6)
 
     def initialize_weights(self) -> None:
         """Small xavier gain keeps fresh tokens close to the position embedding."""
@@ -98,7 +119,7 @@ class FinalLayer(nn.Module):
         super().__init__()
         self.patch = patch
         self.grid = grid
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm = FP32LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.proj = nn.Linear(dim, out_channels * patch * patch)
 
     def initialize_weights(self) -> None:
@@ -156,7 +177,20 @@ class Siren(nn.Module):
                 nn.init.uniform_(layer.weight, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)  # [..., in] -> [..., out]
+        """[..., in] -> [..., out], computed in fp32, returned in the input's dtype.
+
+        sin(30 x) amplifies the first layer's rounding 30-fold: in bf16 (3 significant digits)
+        the features of a pixel's ray move by 0.1 to 1, so autocast and low-precision weights
+        are kept out of this tiny per-pixel MLP (a few thousand FLOPs per pixel).
+        """
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            h = x.float()
+            for layer in self.net:
+                if isinstance(layer, nn.Linear):
+                    h = F.linear(h, layer.weight.float(), layer.bias.float())
+                else:
+                    h = layer(h)
+        return h.to(x.dtype)
 
 
 class GEGLU(nn.Module):

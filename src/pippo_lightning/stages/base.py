@@ -27,12 +27,14 @@ from pippo_lightning.models.pippo import Pippo, PippoConfig, count_parameters, p
 from pippo_lightning.stages.config import (
     ConditionDropout,
     ConfigError,
+    EMAConfig,
     OptimizerConfig,
     SamplingConfig,
     ValidationConfig,
     coerce,
     plain,
 )
+from pippo_lightning.stages.ema import EMA
 
 Batch = dict[str, Any]
 
@@ -42,12 +44,12 @@ class LatentBatch:
     """A batch after compression: everything the denoiser reads, in latent space."""
 
     x0: Tensor  # [B, NV, C, h, w] clean target latents
-    ref_latent: Tensor  # [B, 1, C, h, w]
+    ref_latent: Tensor  # [B, R, C, h, w]: the reference (+ face crop)
     cam_pose: Tensor | None  # [B, NV, 16]
-    ref_cam_pose: Tensor | None  # [B, 1, 16]
+    ref_cam_pose: Tensor | None  # [B, R, 16]
     plucker: Tensor | None  # [B, NV, 6, H, W]
-    ref_plucker: Tensor | None  # [B, 1, 6, H, W]
-    anchor_latents: Tensor | None  # [B, NV + 1, C, h, w], targets then reference
+    ref_plucker: Tensor | None  # [B, R, 6, H, W]
+    anchor_latents: Tensor | None  # [B, NV + R, C, h, w], targets then reference(s)
 
     @property
     def batch_size(self) -> int:
@@ -85,7 +87,9 @@ class PippoStage(L.LightningModule):
         condition_dropout: Mapping[str, Any] | ConditionDropout | None = None,
         sampling: Mapping[str, Any] | SamplingConfig | None = None,
         validation: Mapping[str, Any] | ValidationConfig | None = None,
+        ema: Mapping[str, Any] | EMAConfig | None = None,
         noise_offset: float = 0.0,
+        use_face_crop: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -100,7 +104,9 @@ class PippoStage(L.LightningModule):
                     "condition_dropout": condition_dropout,
                     "sampling": sampling,
                     "validation": validation,
+                    "ema": ema,
                     "noise_offset": noise_offset,
+                    "use_face_crop": use_face_crop,
                 }
             )
         )
@@ -117,7 +123,15 @@ class PippoStage(L.LightningModule):
         )
         self.sampling = coerce(SamplingConfig, sampling, "stage.sampling")
         self.validation_config = coerce(ValidationConfig, validation, "stage.validation")
+        self.ema_config = coerce(EMAConfig, ema, "stage.ema")
+        self.ema = (
+            EMA(self.model, self.ema_config.decay, self.ema_config.warmup)
+            if self.ema_config.enabled
+            else None
+        )
         self.noise_offset = noise_offset
+        #: batch["face_crop"] joins as a second reference view (see `join_face_crop`)
+        self.use_face_crop = use_face_crop
         self.loss_fn = DiffusionLoss()
 
     # ----------------------------------------------------------------- construction
@@ -176,7 +190,7 @@ class PippoStage(L.LightningModule):
         anchors = None
         if self.use_control:
             anchors = self.encode_views(torch.cat([batch["anchor"], batch["ref_anchor"]], dim=1))
-        return LatentBatch(
+        latents = LatentBatch(
             x0=self.encode_views(images),
             ref_latent=self.encode_views(batch["ref_image"]),
             cam_pose=batch["cam_pose"] if self.use_cameras else None,
@@ -184,6 +198,38 @@ class PippoStage(L.LightningModule):
             plucker=batch["plucker"] if self.use_control else None,
             ref_plucker=batch["ref_plucker"] if self.use_control else None,
             anchor_latents=anchors,
+        )
+        return self.join_face_crop(batch, latents) if self.use_face_crop else latents
+
+    def join_face_crop(self, batch: Batch, latents: LatentBatch) -> LatentBatch:
+        """Append `batch["face_crop"]` [B, 1, 3, H, W] as a second reference view (paper, P3).
+
+        Its camera, Plücker rays and anchor default to the reference's, as the original feeds
+        its face crop; `face_cam_pose`, `face_plucker`, `face_anchor` override them. The model's
+        reference dropout drops both references together.
+        """
+        if "face_crop" not in batch:
+            raise ValueError("use_face_crop=True but the batch has no 'face_crop' [B, 1, 3, H, W]")
+
+        def join(ours: Tensor | None, face: Tensor | None) -> Tensor | None:
+            return None if ours is None else torch.cat([ours, face], dim=1)
+
+        anchor = None
+        if self.use_control:
+            face_anchor = batch.get("face_anchor")
+            anchor = (
+                latents.anchor_latents[:, -1:]  # the reference's anchor latent
+                if face_anchor is None
+                else self.encode_views(face_anchor)
+            )
+        return dataclasses.replace(
+            latents,
+            ref_latent=join(latents.ref_latent, self.encode_views(batch["face_crop"])),
+            ref_cam_pose=join(
+                latents.ref_cam_pose, batch.get("face_cam_pose", latents.ref_cam_pose)
+            ),
+            ref_plucker=join(latents.ref_plucker, batch.get("face_plucker", latents.ref_plucker)),
+            anchor_latents=join(latents.anchor_latents, anchor),
         )
 
     # ----------------------------------------------------------------- denoiser
@@ -194,9 +240,10 @@ class PippoStage(L.LightningModule):
         t: Tensor,
         drops: Mapping[str, Tensor],
         attention_scale: float | None = None,
+        use_ema: bool = False,
     ) -> Tensor:
         """Model prediction for noisy targets `x_t` [B, NV, C, h, w] at timesteps `t` [B]."""
-        return self.model(
+        return self.network(use_ema)(
             x_t,
             t,
             latents.ref_latent,
@@ -211,6 +258,10 @@ class PippoStage(L.LightningModule):
             attention_scale=attention_scale,
         )
 
+    def network(self, use_ema: bool) -> Pippo:
+        """The EMA weights when asked for and kept, else the trained ones."""
+        return self.ema.shadow if (use_ema and self.ema is not None) else self.model
+
     def sample_condition_drops(self, batch_size: int) -> dict[str, Tensor]:
         """Per-sample CFG dropout masks: each condition on its own, plus all together."""
         p = self.condition_dropout
@@ -222,10 +273,15 @@ class PippoStage(L.LightningModule):
 
     # ----------------------------------------------------------------- training
     def diffusion_loss(
-        self, latents: LatentBatch, t: Tensor, noise: Tensor, drops: Mapping[str, Tensor]
+        self,
+        latents: LatentBatch,
+        t: Tensor,
+        noise: Tensor,
+        drops: Mapping[str, Tensor],
+        use_ema: bool = False,
     ) -> Tensor:
         x_t = self.schedule.add_noise(latents.x0, noise, t)
-        prediction = self.denoise(latents, x_t, t, drops)
+        prediction = self.denoise(latents, x_t, t, drops, use_ema=use_ema)
         return self.loss_fn(prediction, self.schedule.training_target(latents.x0, noise, t))
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
@@ -236,6 +292,10 @@ class PippoStage(L.LightningModule):
         loss = self.diffusion_loss(latents, t, noise, self.sample_condition_drops(b))
         self.log("train/loss", loss, prog_bar=True, batch_size=b, sync_dist=True)
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         norms = [p.grad.detach().norm(2) for p in self.model.parameters() if p.grad is not None]
@@ -258,7 +318,8 @@ class PippoStage(L.LightningModule):
     @property
     def train_tokens(self) -> int:
         """Tokens in one training sequence (target views + reference): N_train of attention biasing."""
-        return (self.num_views + 1) * self.model_config.tokens_per_view
+        num_refs = 2 if self.use_face_crop else 1
+        return (self.num_views + num_refs) * self.model_config.tokens_per_view
 
     def attention_scale(
         self, sampling: SamplingConfig, num_views: int, num_refs: int = 1
@@ -285,6 +346,7 @@ class PippoStage(L.LightningModule):
         batch: Batch,
         sampling: SamplingConfig | None = None,
         progress: bool = False,
+        use_ema: bool = True,
     ) -> Tensor:
         """DDIM-sample the target views of `batch`: → images [B, NV, 3, H, W] in [-1, 1].
 
@@ -296,7 +358,10 @@ class PippoStage(L.LightningModule):
         b, num_views = latents.x0.shape[:2]
         attention_scale = self.attention_scale(sampling, num_views, latents.ref_latent.shape[1])
         generator = torch.Generator(device="cpu").manual_seed(sampling.seed)
-        noise = torch.randn(latents.x0.shape, generator=generator).to(self.device)
+        # per-sample starting noise: a subject's views do not depend on its batch or rank
+        indices = batch.get("index")
+        indices = torch.arange(b) if indices is None else torch.as_tensor(indices)
+        noise = sample_noise(latents.x0.shape, indices, offset=sampling.seed).to(self.device)
         none = torch.zeros(b, dtype=torch.bool, device=self.device)
 
         def denoiser(x_t: Tensor, t: Tensor, uncond: Tensor) -> Tensor:
@@ -306,7 +371,7 @@ class PippoStage(L.LightningModule):
                 name: (uncond if name in sampling.uncond_drops else none.repeat(times))
                 for name in ("ref", "cameras", "control")
             }
-            return self.denoise(stacked, x_t, t, drops, attention_scale)
+            return self.denoise(stacked, x_t, t, drops, attention_scale, use_ema=use_ema)
 
         sampler = DDIMSampler(
             self.schedule,
@@ -315,6 +380,7 @@ class PippoStage(L.LightningModule):
                 eta=sampling.eta,
                 cfg_scale=sampling.cfg_scale,
                 cfg_rescale=sampling.cfg_rescale,
+                clip_x0=sampling.clip_x0,
             ),
         )
         x0 = sampler.sample(
@@ -334,13 +400,13 @@ class PippoStage(L.LightningModule):
             name: torch.zeros(b, dtype=torch.bool, device=self.device)
             for name in ("ref", "cameras", "control")
         }
-        # Fixed timesteps and seeded noise make the validation loss comparable across steps.
-        generator = torch.Generator(device="cpu").manual_seed(1234 + batch_idx)
+        # Fixed timesteps and noise seeded by sample index make the validation loss comparable
+        # across steps and independent of how samples are batched or sharded over ranks.
         losses = []
         for step in self.validation_config.loss_timesteps:
             t = torch.full((b,), step, dtype=torch.long, device=self.device)
-            noise = torch.randn(latents.x0.shape, generator=generator).to(self.device)
-            losses.append(self.diffusion_loss(latents, t, noise, no_drops))
+            noise = sample_noise(latents.x0.shape, batch["index"], offset=step).to(self.device)
+            losses.append(self.diffusion_loss(latents, t, noise, no_drops, use_ema=True))
         self.log("val/loss", torch.stack(losses).mean(), batch_size=b, sync_dist=True)
 
         if batch_idx >= self.validation_config.sample_batches:
@@ -352,6 +418,15 @@ class PippoStage(L.LightningModule):
         # The trivial baseline: copy the reference photo into every target view.
         self.log("val/psnr_copy_reference", psnr(reference, target), batch_size=b, sync_dist=True)
         return {"generated": generated, "target": target, "reference": batch["ref_image"]}
+
+
+def sample_noise(shape: torch.Size, indices: Tensor, offset: int = 0) -> Tensor:
+    """Gaussian noise [B, ...] where row i depends only on (indices[i], offset)."""
+    rows = []
+    for index in indices.tolist():
+        generator = torch.Generator(device="cpu").manual_seed(1_000_003 * int(index) + offset)
+        rows.append(torch.randn(shape[1:], generator=generator))
+    return torch.stack(rows)
 
 
 def psnr(images: Tensor, target: Tensor) -> Tensor:

@@ -113,6 +113,8 @@ class SamplingConfig:
     #: attention biasing gamma for sampling more views than trained (paper: 1.4-1.6);
     #: None keeps the plain 1/sqrt(d) softmax scale
     attention_gamma: float | None = None
+    #: clip predicted clean samples to [-x, x] at every step (pixel space: 1.0); None = off
+    clip_x0: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -130,6 +132,19 @@ class SamplingConfig:
             raise ConfigError(
                 f"sampling.uncond_drops has unknown condition(s) {unknown}; expected some of {list(CONDITIONS)}"
             )
+
+
+@dataclass(frozen=True)
+class EMAConfig:
+    """EMA of the trainable weights; validation samples and inference use it when enabled."""
+
+    enabled: bool = True
+    decay: float = 0.9999
+    warmup: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.decay < 1.0:
+            raise ConfigError(f"ema.decay must be in [0, 1), got {self.decay}")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,377 @@
+"""`pippo-eval`: score a checkpoint on held-out subjects: 3-D consistency and image fidelity.
+
+For every subject of the split (the studio's validation subjects never appear in training) the
+stage generates the dataset's target views at a fixed seed; in the same pass
+:class:`~pippo_lightning.metrics.ReprojectionError` scores the generated views *and* the ground
+truth of the same cameras (the floor set by matching noise), and
+:class:`~pippo_lightning.metrics.image.ImageMetrics` scores PSNR / SSIM (LPIPS when its weights
+are local). ``report.json`` and ``report.md`` go to the run directory, the figures to W&B.
+``gt_only=true`` skips the model and measures the floor of a dataset alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import Tensor
+from torch.utils.data import DataLoader, Subset
+
+from pippo_lightning.callbacks.images import view_grid, write_image_atomic
+from pippo_lightning.cli.bench import autocast, pick_device
+from pippo_lightning.cli.common import (
+    CONFIG_DIR,
+    check_overrides,
+    guarded,
+    instantiate_group,
+    resolved_config,
+)
+from pippo_lightning.cli.generate import compressor_config
+from pippo_lightning.data.dataset import MultiViewDataset
+from pippo_lightning.inference import (
+    CheckpointError,
+    batch_to,
+    checkpoint_step,
+    generate_views,
+    load_stage,
+    sampling_config,
+    with_seed,
+)
+from pippo_lightning.metrics.image import ImageMetrics, per_view_psnr, per_view_ssim
+from pippo_lightning.metrics.reprojection import ReprojectionError
+from pippo_lightning.stages.base import PippoStage
+from pippo_lightning.stages.config import ConfigError, SamplingConfig
+
+#: ReprojectionError result keys, without and with the ground-truth prefix.
+RE_KEYS = ("reprojection_error_pct", "reprojection_error_px", "pairs", "failed_pairs")
+
+
+@dataclass
+class EvalResult:
+    """The report (as written to report.json) and where it was written."""
+
+    report: dict[str, Any]
+    output_dir: Path
+    json_path: Path
+    markdown_path: Path
+    grids: list[Path] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------ set-up
+
+
+def load_model(
+    cfg: DictConfig, device: torch.device
+) -> tuple[PippoStage | None, dict[str, Any] | None]:
+    """The stage of ``cfg.ckpt`` on ``device`` and the compressor it was rebuilt with (source
+    and settings); (None, None) with ``gt_only``."""
+    if cfg.gt_only:
+        return None, None
+    ckpt = None if OmegaConf.is_missing(cfg, "ckpt") else cfg.ckpt
+    if not ckpt:
+        raise CheckpointError(
+            "no checkpoint given: pass ckpt=/path/to/checkpoints/last.ckpt "
+            "(or gt_only=true image_size=... num_views=... to score the ground truth alone)"
+        )
+    node, source = compressor_config(cfg, ckpt)
+    stage = load_stage(
+        ckpt, hydra.utils.instantiate(node), hydra.utils.get_class(cfg.stage_class)
+    ).to(device)
+    return stage, {"source": source, "config": OmegaConf.to_container(node, resolve=True)}
+
+
+def pin_sizes(cfg: DictConfig, stage: PippoStage | None) -> tuple[int, int]:
+    """Image size and views per subject (default: the checkpoint's), written back into ``cfg``
+    so the data config's ``${image_size}`` / ``${num_views}`` resolve to them."""
+    image_size = cfg.image_size or (stage.image_size if stage else None)
+    num_views = cfg.num_views or (stage.num_views if stage else None)
+    if image_size is None or num_views is None:
+        raise ConfigError("gt_only=true needs image_size=... and num_views=...")
+    if stage is not None and image_size != stage.image_size:
+        raise ConfigError(
+            f"image_size={image_size} but the checkpoint was trained at {stage.image_size} px"
+        )
+    with open_dict(cfg):
+        cfg.image_size, cfg.num_views = int(image_size), int(num_views)
+    return int(image_size), int(num_views)
+
+
+def eval_loader(cfg: DictConfig, image_size: int, num_views: int) -> DataLoader:
+    """Fixed, evenly spaced views of the split's subjects (the studio is generated if needed)."""
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    dataset = MultiViewDataset(
+        Path(datamodule.root) / cfg.split,
+        num_views=num_views,
+        resolution=image_size,
+        view_sampling="fixed",
+        seed=cfg.seed,
+    )
+    subjects = range(
+        len(dataset) if cfg.max_subjects is None else min(cfg.max_subjects, len(dataset))
+    )
+    return DataLoader(Subset(dataset, list(subjects)), batch_size=cfg.batch_size, shuffle=False)
+
+
+# ------------------------------------------------------------------------------------- loop
+
+
+def evaluate(cfg: DictConfig) -> EvalResult:
+    """Generate and score every subject of the split; write and log the report."""
+    start = time.perf_counter()
+    device = pick_device(cfg.device)
+    stage, compressor = load_model(cfg, device)
+    image_size, num_views = pin_sizes(cfg, stage)
+    loader = eval_loader(cfg, image_size, num_views)
+    sampling = (
+        sampling_config(stage, OmegaConf.to_container(cfg.sampling, resolve=True))
+        if stage
+        else None
+    )
+    out = Path(cfg.paths.output_dir)
+
+    reprojection: ReprojectionError = hydra.utils.instantiate(cfg.reprojection)
+    images = ImageMetrics(lpips=cfg.lpips)
+    rows, grids = [], []
+    for batch_idx, batch in enumerate(loader):
+        target = batch["images"]  # [B, NV, 3, H, W] ground truth
+        per_batch: ReprojectionError = hydra.utils.instantiate(cfg.reprojection)
+        row: dict[str, Any] = {"subjects": [int(i) for i in batch["index"]]}
+        if stage is None:
+            per_batch.update(target, batch["intrinsics"], batch["extrinsics"])
+        else:
+            # Seed per batch: every subject gets its own noise, the same in every evaluation.
+            seeded = with_seed(sampling, sampling.seed + batch_idx)
+            with autocast(device, cfg.precision):
+                generated = generate_views(stage, batch_to(batch, device), seeded, cfg.progress)
+            generated = generated.float().cpu()
+            per_batch.update(generated, batch["intrinsics"], batch["extrinsics"], gt_images=target)
+            images.update(generated, target)
+            row["psnr"] = float(per_view_psnr(generated, target).mean())
+            row["ssim"] = float(per_view_ssim(generated, target).mean())
+            if cfg.save_grids:
+                grids.append(save_grid(out, batch_idx, batch, generated))
+        row.update(reprojection_figures(per_batch.compute(), ground_truth_only=stage is None))
+        reprojection.merge_state(per_batch)
+        rows.append(row)
+
+    report = build_report(cfg, stage, sampling, reprojection, images, rows, loader, image_size)
+    report["compressor"] = compressor
+    report["seconds"] = time.perf_counter() - start
+    report["device"] = str(device)
+    json_path, md_path = write_report(out, report)
+    log_report(cfg, report, grids)
+    print(markdown_report(report))
+    print(f"written: {json_path} and {md_path}")
+    return EvalResult(report, out, json_path, md_path, grids)
+
+
+def save_grid(out: Path, batch_idx: int, batch: dict[str, Any], generated: Tensor) -> Path:
+    """reference | generated | ground truth, one row per subject of the batch."""
+    rows = [
+        [batch["ref_image"][i], generated[i], batch["images"][i]] for i in range(len(generated))
+    ]
+    return write_image_atomic(out / "samples" / f"batch_{batch_idx:04d}.png", view_grid(rows))
+
+
+# ---------------------------------------------------------------------------------- reports
+
+
+def _number(value: Tensor | float | int) -> float | int | None:
+    """A JSON-safe number: NaN (nothing matched) becomes None."""
+    value = value.item() if isinstance(value, Tensor) else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def reprojection_figures(result: dict[str, Tensor], ground_truth_only: bool) -> dict[str, Any]:
+    """ReprojectionError.compute() as report keys: generated under their own names, ground
+    truth with ``gt_`` (in ``gt_only`` mode the un-prefixed result *is* the ground truth)."""
+    figures = {}
+    for key in RE_KEYS:
+        name = key if key.startswith("reprojection") else f"reprojection_{key}"
+        if ground_truth_only:
+            figures[f"gt_{name}"] = _number(result[key])
+        else:
+            figures[name] = _number(result[key])
+            figures[f"gt_{name}"] = _number(result[f"gt_{key}"])
+    return figures
+
+
+def build_report(
+    cfg: DictConfig,
+    stage: PippoStage | None,
+    sampling: SamplingConfig | None,
+    reprojection: ReprojectionError,
+    images: ImageMetrics,
+    rows: list[dict[str, Any]],
+    loader: DataLoader,
+    image_size: int,
+) -> dict[str, Any]:
+    if not rows:
+        raise ConfigError(f"split {cfg.split!r} has no subjects to evaluate")
+    with warnings.catch_warnings():
+        # The totals were filled by merge_state (no update() of their own), which torchmetrics
+        # mistakes for "compute before update".
+        warnings.filterwarnings("ignore", message=".*before the ``update`` method.*")
+        totals = reprojection.compute()
+    metrics = reprojection_figures(totals, ground_truth_only=stage is None)
+    per_view: dict[str, list[float]] = {}
+    if stage is not None:
+        computed = images.compute()
+        metrics.update({name: _number(computed[name]) for name in images.names})
+        per_view = images.per_view()
+    dataset = loader.dataset.dataset  # the MultiViewDataset under the Subset
+    ckpt = None if stage is None else str(cfg.ckpt)
+    return {
+        "checkpoint": ckpt,
+        "global_step": checkpoint_step(ckpt) if ckpt else None,
+        "data": {
+            "root": str(Path(dataset.files[0]).parent),
+            "split": cfg.split,
+            "subjects": len(loader.dataset),
+            "views_per_subject": dataset.num_views,
+            "image_size": image_size,
+        },
+        "trained_views": stage.num_views if stage else None,
+        "attention_scale": stage.attention_scale(sampling, dataset.num_views) if stage else None,
+        "sampling": dataclasses.asdict(sampling) if sampling else None,
+        "reprojection_settings": {
+            key: cfg.reprojection[key]
+            for key in ("matcher", "pairs", "min_matches", "min_confidence")
+            if key in cfg.reprojection
+        },
+        "metrics": metrics,
+        "per_view": per_view,
+        "per_subject": rows,
+        "skipped": dict(images.skipped) if stage is not None else {"model": "gt_only=true"},
+    }
+
+
+def write_report(out: Path, report: dict[str, Any]) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "report.json", out / "report.md"
+    json_path.write_text(json.dumps(report, indent=2, default=str, allow_nan=False) + "\n")
+    md_path.write_text(markdown_report(report) + "\n")
+    return json_path, md_path
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    m, data = report["metrics"], report["data"]
+    sampling = report["sampling"]
+    lines = ["# pippo-eval report", ""]
+    if report["checkpoint"]:
+        lines.append(f"- checkpoint: `{report['checkpoint']}` (step {report['global_step']})")
+    lines.append(
+        f"- data: `{data['root']}`: {data['subjects']} subject(s) x {data['views_per_subject']} "
+        f"views at {data['image_size']} px"
+    )
+    if sampling:
+        lines.append(
+            f"- sampling: {sampling['num_steps']} DDIM steps, CFG {sampling['cfg_scale']} "
+            f"({sampling['cfg_schedule']}), attention gamma {sampling['attention_gamma']}, "
+            f"seed {sampling['seed']} (+ batch index)"
+        )
+    settings = report["reprojection_settings"]
+
+    def generated(key: str, digits: int = 2) -> str:
+        # gt_only: no model was run, so there is nothing generated to report.
+        return _fmt(m.get(key), digits) if report["checkpoint"] else "-"
+
+    lines += [
+        f"- reprojection: matcher {settings.get('matcher')}, {settings.get('pairs')} pairs, "
+        f">= {settings.get('min_matches')} matches per pair",
+        "",
+        "| metric | generated | ground truth (floor) |",
+        "|---|---|---|",
+        f"| reprojection error, % of max(H, W) | {generated('reprojection_error_pct')} | "
+        f"{_fmt(m.get('gt_reprojection_error_pct'))} |",
+        f"| reprojection error, px | {generated('reprojection_error_px')} | "
+        f"{_fmt(m.get('gt_reprojection_error_px'))} |",
+        f"| failed / tried pairs | {generated('reprojection_failed_pairs')} / "
+        f"{generated('reprojection_pairs')} | {_fmt(m.get('gt_reprojection_failed_pairs'))} / "
+        f"{_fmt(m.get('gt_reprojection_pairs'))} |",
+    ]
+    for name, label, digits in (
+        ("psnr", "PSNR, dB", 2),
+        ("ssim", "SSIM", 4),
+        ("lpips", "LPIPS", 4),
+    ):
+        if name in m:
+            lines.append(f"| {label} | {_fmt(m[name], digits)} | - |")
+        elif name in report["skipped"]:
+            lines.append(f"| {label} | skipped: {report['skipped'][name]} | - |")
+    if report["per_view"]:
+        names = list(report["per_view"])
+        lines += ["", "| view | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for k in range(len(report["per_view"][names[0]])):
+            values = " | ".join(_fmt(report["per_view"][n][k], 3) for n in names)
+            lines.append(f"| {k} | {values} |")
+    lines += [
+        "",
+        "n/a: no pair had enough matches. The ground-truth column scores the real views of the "
+        "same cameras in the same pass: the error the matcher's own mistakes leave.",
+    ]
+    return "\n".join(lines)
+
+
+def log_report(cfg: DictConfig, report: dict[str, Any], grids: list[Path]) -> None:
+    """Figures to every configured logger: scalars, a per-subject table and summary on W&B."""
+    loggers: list[Logger] = instantiate_group(cfg.get("logger"))
+    scalars = {f"eval/{k}": v for k, v in report["metrics"].items() if v is not None}
+    step = report["global_step"] or 0
+    for logger in loggers:
+        logger.log_hyperparams({"config": resolved_config(cfg)})
+        logger.log_metrics(scalars, step=step)
+        if isinstance(logger, WandbLogger):
+            columns = sorted({k for row in report["per_subject"] for k in row})
+            data = [
+                [json.dumps(row.get(c)) if c == "subjects" else row.get(c) for c in columns]
+                for row in report["per_subject"]
+            ]
+            logger.log_table("eval/per_subject", columns=columns, data=data, step=step)
+            if grids:
+                logger.log_image(
+                    "eval/samples",
+                    images=[str(grids[0])],
+                    step=step,
+                    caption=["reference | generated | ground truth"],
+                )
+            logger.experiment.summary.update(scalars)
+            logger.experiment.finish()
+        else:
+            logger.finalize("success")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
+@guarded
+def _main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+def main() -> None:
+    check_overrides("evaluate")
+    _main()
+
+
+if __name__ == "__main__":
+    main()
