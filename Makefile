@@ -5,12 +5,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 CONFIG ?= train
+HW ?=
+INIT ?=
+# `make train-stage3 data=folder trainer.max_steps=10`: command-line variables that are not the
+# Makefile's own are handed to Hydra as overrides
+OWN_VARS := ARGS=% CONFIG=% VENV=% HW=% INIT=% CKPT=% PHOTO=% DATA=%
+HYDRA_ARGS = $(filter-out $(OWN_VARS),$(MAKEOVERRIDES)) $(if $(HW),hardware=$(HW)) $(if $(INIT),stage.init_from=$(INIT)) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-slow test-all lint format bench eval generate clean
+.PHONY: help install train train-stage1 train-stage2 train-stage3 sweep test test-slow test-all lint format bench eval generate data-validate data-demo clean
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml scripts/install.sh
 	@bash scripts/install.sh
@@ -18,8 +24,20 @@ $(STAMP): pyproject.toml scripts/install.sh
 
 install: $(STAMP) ## create .venv and install everything (CPU torch where there is no GPU)
 
-train: $(STAMP) ## train the embedded default (micro model, synthetic studio, CPU); extra Hydra overrides in ARGS="..."
-	$(VENV)/bin/pippo-train $(ARGS)
+train: $(STAMP) ## train the embedded default (P3, micro model, synthetic studio, CPU); Hydra overrides as ARGS="..." or key=value
+	$(VENV)/bin/pippo-train $(HYDRA_ARGS)
+
+train-stage1: $(STAMP) ## P1 pre-training (single views + global image embedding); HW=<hardware preset>, overrides as for train
+	$(VENV)/bin/pippo-train stage=p1 $(HYDRA_ARGS)
+
+train-stage2: $(STAMP) ## M2 mid-training (many views, cameras, reference); INIT=<P1 checkpoint> to chain
+	$(VENV)/bin/pippo-train stage=m2 $(HYDRA_ARGS)
+
+train-stage3: $(STAMP) ## P3 post-training (ControlMLP: Plücker rays + spatial anchor); INIT=<M2 checkpoint> to chain
+	$(VENV)/bin/pippo-train stage=p3 $(HYDRA_ARGS)
+
+sweep: $(STAMP) ## Hydra multirun example: learning rate x reference dropout on the CPU demo
+	$(VENV)/bin/pippo-train experiment=sweep_lr_refdrop $(HYDRA_ARGS)
 
 test: $(STAMP) ## run the fast test suite (no GPU, no network)
 	$(PY) -m pytest -q -m "not slow and not gpu" $(ARGS)
@@ -39,7 +57,7 @@ format: $(STAMP) ## ruff autofix + format
 	$(VENV)/bin/ruff format src tests
 
 bench: $(STAMP) ## benchmark train step, sampling, memory, parameter counts (CONFIG=..., ARGS="overrides")
-	$(VENV)/bin/pippo-bench --config-name $(CONFIG) $(ARGS)
+	$(VENV)/bin/pippo-bench --config-name $(CONFIG) $(filter-out $(OWN_VARS),$(MAKEOVERRIDES)) $(ARGS)
 
 CKPT ?= $(lastword $(sort $(wildcard outputs/train/runs/*/checkpoints/last.ckpt)))
 PHOTO ?=
@@ -49,6 +67,15 @@ eval: $(STAMP) ## score a checkpoint on held-out subjects (CKPT=..., default: ne
 
 generate: $(STAMP) ## one photo -> a turnaround (PHOTO=..., CKPT=... as for eval; ARGS="num_views=24 ...")
 	$(VENV)/bin/pippo-generate ckpt=$(CKPT) photo=$(PHOTO) $(ARGS)
+
+DATA ?=
+data-validate: $(STAMP) ## check every sample of a dataset: make data-validate DATA=path [ARGS=--strict]
+	$(VENV)/bin/pippo-data validate $(DATA) $(ARGS)
+
+data-demo: $(STAMP) ## studio -> plain captures -> pippo-data prepare -> validate
+	$(VENV)/bin/pippo-data export-studio outputs/captures --subjects 2 --resolution 128
+	$(VENV)/bin/pippo-data prepare outputs/captures --out outputs/prepared --resolution 128 --overwrite
+	$(VENV)/bin/pippo-data validate outputs/prepared
 
 clean: ## remove outputs, caches and the venv
 	rm -rf outputs .pytest_cache .ruff_cache $(VENV)

@@ -295,3 +295,19 @@ def test_view_sampling_strategy_and_count_are_configurable_per_split(studio: Pat
     assert datamodule.val_dataset.num_views == 3
     with pytest.raises(ValueError, match="view_sampling must be one of"):
         MultiViewDataModule(root=str(studio), view_sampling="nearest")
+
+
+def test_original_files_without_reference_cameras_decode_them_from_ref_cam_pose(
+    studio: Path, tmp_path: Path
+) -> None:
+    sample = raw(studio / "val/subject_00000.npy")
+    original = {k: v for k, v in sample.items() if k not in ("ref_cam_intrin", "ref_cam_extrin")}
+    path = write(tmp_path / "original.npy", original)
+    a = MultiViewDataset(studio / "val", num_views=4, resolution=16, view_sampling="fixed")[0]
+    b = MultiViewDataset([path], num_views=4, resolution=16, view_sampling="fixed")[0]
+    for key in BATCH_KEYS[:-1]:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0, msg=key)
+    # A ref_cam_pose that holds no camera leaves the reference camera truly missing.
+    original["ref_cam_pose"] = torch.rand(1, 1, 16)
+    with pytest.raises(SampleError, match=r"missing key 'ref_cam_intrin' and 'ref_cam_extrin'"):
+        load_sample(write(tmp_path / "unknown.npy", original))

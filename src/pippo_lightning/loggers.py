@@ -29,7 +29,9 @@ def resolve_wandb_mode(mode: WandbMode) -> str:
     """`auto` → `online` with credentials, else `offline`; WANDB_MODE in the env wins."""
     env_mode = os.environ.get("WANDB_MODE")
     if env_mode:
-        return env_mode
+        # Lightning's offline WandbLogger sets WANDB_MODE=dryrun (W&B's old name for offline)
+        # in its process, which DDP children and later multirun jobs then inherit.
+        return "offline" if env_mode == "dryrun" else env_mode
     if mode == "auto":
         return "online" if wandb_credentials_present() else "offline"
     return mode

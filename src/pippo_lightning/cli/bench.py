@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from pippo_lightning.cli.common import CONFIG_DIR, check_overrides, guarded
+from pippo_lightning.data.benchmark import benchmark_dataloader
 from pippo_lightning.stages.base import PippoStage
 
 
@@ -107,6 +108,8 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         sample_s = timed(lambda: stage.generate(batch, sampling=sampling), device)
 
     median = statistics.median(step_times)
+    loader = hydra.utils.instantiate(cfg.data, batch_size=opts.batch_size)
+    data_samples_per_s = benchmark_dataloader(loader, int(opts.data_batches))
     result = {
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "precision": opts.precision,
@@ -120,6 +123,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         "train_step_median_s": median,
         "train_step_all_s": step_times,
         "samples_per_s": b / median,
+        "data_samples_per_s": data_samples_per_s,
         "views_per_s": b * latents.x0.shape[1] / median,
         "peak_memory_mb": train_peak,
         "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "process_max_rss",
@@ -149,6 +153,7 @@ def print_report(result: dict[str, Any], output: Path) -> None:
         ("latent batch [B, NV, C, h, w]", str(result["latent_shape"])),
         ("train step (median)", f"{result['train_step_median_s'] * 1e3:.1f} ms"),
         ("samples / s", f"{result['samples_per_s']:.2f}"),
+        ("data loader samples / s", f"{result['data_samples_per_s']:.1f}"),
         ("views / s", f"{result['views_per_s']:.2f}"),
         (f"peak memory ({result['peak_memory_kind']})", f"{result['peak_memory_mb']:.0f} MiB"),
         (f"DDIM sampling, {result['ddim_steps']} steps", f"{result['ddim_sampling_s']:.2f} s"),

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pippo_lightning.compressors.base import CompressorLoadError
@@ -155,11 +159,48 @@ def ddp_child_command(local_rank: int) -> tuple[list[str], str]:
         str(saved),
         "--config-name",
         "config",
-        f"hydra.run.dir={job_dir}",
-        f"hydra.job.name={hydra_cfg.job.name}_rank{local_rank}",
+        f"hydra.run.dir={quote_override_value(str(job_dir))}",
+        f"hydra.job.name={quote_override_value(f'{hydra_cfg.job.name}_rank{local_rank}')}",
         "hydra.output_subdir=null",
     ]
     return command, get_original_cwd()
+
+
+def quote_override_value(value: str) -> str:
+    """`value` as a quoted Hydra override value, read back verbatim.
+
+    Multirun job directories are named after their overrides (`0_a=1,b=2`); unquoted, the `=`
+    and `,` in such a path make the override unparsable. Inside quotes only a quote and the
+    backslashes before it (or before the closing quote) need escaping.
+    """
+    body = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value)
+    return f"'{body}'"
+
+
+#: What Lightning's DDP launcher exports into the launching process before starting ranks > 0.
+_LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextmanager
+def distributed_job_scope() -> Iterator[None]:
+    """Undo one job's distributed set-up when it ends, so the next multirun job starts clean.
+
+    Hydra runs the jobs of a local multirun one after another in one process. Lightning leaves
+    the process group alive and `LOCAL_RANK` & co. in the environment; the next job would then
+    think an external launcher started it, spawn no ranks and talk to the exited ones. Values
+    that were there before the job (torchrun, SLURM) are put back as they were.
+    """
+    before = {key: os.environ.get(key) for key in _LAUNCHER_ENV}
+    try:
+        yield
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def install_ddp_child_command() -> None:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from pippo_lightning.cli.common import (
     CONFIG_DIR,
     check_overrides,
+    distributed_job_scope,
     guarded,
     install_ddp_child_command,
     instantiate_group,
@@ -111,7 +112,8 @@ def print_summary(summary: dict[str, Any]) -> None:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 @guarded
 def _main(cfg: DictConfig) -> None:
-    train(cfg)
+    with distributed_job_scope():
+        train(cfg)
 
 
 def main() -> None:

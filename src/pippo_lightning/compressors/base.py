@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from pippo_lightning.frozen import full_state_dict, keep_out_of_checkpoints
 
 IMAGE_CHANNELS = 3
 
@@ -36,16 +37,11 @@ class Compressor(nn.Module, ABC):
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size={chunk_size}: must be >= 1 or None")
         self.chunk_size = chunk_size
-        self.register_state_dict_post_hook(_drop_compressor_state)
-        self.register_load_state_dict_pre_hook(_keep_compressor_state)
+        keep_out_of_checkpoints(self)
 
     def full_state_dict(self, prefix: str = "") -> dict[str, Tensor]:
         """Every parameter and persistent buffer, bypassing the checkpoint exclusion."""
-        state: dict[str, Tensor] = {}
-        self._save_to_state_dict(state, prefix, keep_vars=True)
-        for name, child in self.named_children():
-            child.state_dict(destination=state, prefix=f"{prefix}{name}.", keep_vars=True)
-        return state
+        return full_state_dict(self, prefix)
 
     @abstractmethod
     def _encode(self, images: Tensor) -> Tensor:
@@ -108,26 +104,3 @@ class Compressor(nn.Module, ABC):
         size = self.chunk_size or max(flat.shape[0], 1)
         out = torch.cat([fn(chunk) for chunk in flat.split(size)])
         return out.reshape(*leading, *out.shape[-3:])
-
-
-def _drop_compressor_state(
-    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any]
-) -> None:
-    """state_dict post-hook: remove the compressor's own entries."""
-    for key in [key for key in state_dict if key.startswith(prefix)]:
-        del state_dict[key]
-
-
-def _keep_compressor_state(
-    module: Compressor,
-    state_dict: dict[str, Any],
-    prefix: str,
-    local_metadata: dict[str, Any],
-    strict: bool,
-    missing_keys: list[str],
-    unexpected_keys: list[str],
-    error_msgs: list[str],
-) -> None:
-    """load_state_dict pre-hook: entries a checkpoint lacks are filled from the current weights."""
-    for key, value in module.full_state_dict(prefix).items():
-        state_dict.setdefault(key, value)

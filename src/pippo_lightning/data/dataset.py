@@ -54,7 +54,12 @@ from torch.utils.data import Dataset
 
 from pippo_lightning.data.npy_io import read_npy_sample
 from pippo_lightning.data.samplers import mix_seed
-from pippo_lightning.data.schema import SampleError, canonical_sample, check_sample
+from pippo_lightning.data.schema import (
+    SampleError,
+    canonical_sample,
+    check_sample,
+    with_reference_camera,
+)
 from pippo_lightning.data.sources import NpySource, SampleSource, SourceSpec, open_source
 from pippo_lightning.geometry.cameras import (
     WORLD_UP,
@@ -101,10 +106,11 @@ def list_sample_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 def prepare_sample(raw: dict[str, Any], where: str | Path) -> dict[str, Any]:
-    """Canonicalise (aliases, arrays -> tensors) and validate a raw sample dict."""
+    """Canonicalise (aliases, arrays -> tensors), validate, and fill in a reference camera
+    decoded from ``ref_cam_pose`` where the file has none (the original release's files)."""
     sample = canonical_sample(raw)
     check_sample(sample, where)
-    return sample
+    return with_reference_camera(sample)
 
 
 def load_sample(path: str | Path) -> dict[str, Any]:

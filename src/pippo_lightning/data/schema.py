@@ -17,8 +17,8 @@ kpts                [NV, 1, 3, H, W]       float, uint8  spatial-anchor images, 
 ref_kpts            [1, 1, 3, RH, RW]      float, uint8  spatial anchor seen by the reference camera
 cam_intrin          [NV, 3, 3|4]           float         intrinsics K, pixels of the stored image
 cam_extrin          [NV, 3|4, 4]           float         world->camera [R | t] (OpenCV axes)
-ref_cam_intrin      [1, 3, 3|4]            float         reference intrinsics
-ref_cam_extrin      [1, 3|4, 4]            float         reference world->camera
+ref_cam_intrin (*)  [1, 3, 3|4]            float         reference intrinsics
+ref_cam_extrin (*)  [1, 3|4, 4]            float         reference world->camera
 plucker (opt.)      [NV, 1, 6, H, W]       float         per-pixel ray (d, o x d), d unit, world
 ref_plucker (opt.)  [1, 1, 6, RH, RW]      float         reference rays
 head_center (opt.)  [3]                    float         world position of the head centre
@@ -28,6 +28,11 @@ face_image (opt.)   [1, 1, 3, FH, FW]      float, uint8  face crop of the refere
 face_cam_intrin     [1, 3, 3]              float         intrinsics of the face crop (pixels)
 face_cam_extrin     [1, 4, 4]              float         its world->camera (the reference camera's)
 ==================  =====================  ============  ==============================================
+
+(*) The original release's files have no reference intrinsics/extrinsics (its model reads only
+``ref_cam_pose``). When they are missing, they are decoded from ``ref_cam_pose`` if that holds a
+camera in the layout below (orthonormal rotation, positive focal lengths); otherwise the sample
+is invalid (:func:`with_reference_camera`).
 
 Metadata keys (optional, not tensors): ``subject`` (str), ``frame`` (str), ``camera_names``
 (list[str], one per target view), ``ref_camera`` (str), ``world_unit`` (str, "m").
@@ -93,8 +98,12 @@ SAMPLE_KEYS: dict[str, KeySpec] = {
     "ref_kpts": KeySpec(((1, 1, 3, "RH", "RW"),), pixels=True, description="anchor, reference"),
     "cam_intrin": KeySpec((("NV", 3, 3), ("NV", 3, 4)), description="intrinsics, pixels"),
     "cam_extrin": KeySpec((("NV", 4, 4), ("NV", 3, 4)), description="world->camera"),
-    "ref_cam_intrin": KeySpec(((1, 3, 3), (1, 3, 4)), description="reference intrinsics"),
-    "ref_cam_extrin": KeySpec(((1, 4, 4), (1, 3, 4)), description="reference world->camera"),
+    "ref_cam_intrin": KeySpec(
+        ((1, 3, 3), (1, 3, 4)), required=False, description="reference intrinsics"
+    ),
+    "ref_cam_extrin": KeySpec(
+        ((1, 4, 4), (1, 3, 4)), required=False, description="reference world->camera"
+    ),
     "plucker": KeySpec(
         (("NV", 1, 6, "H", "W"),), required=False, description="(d, o x d) per pixel"
     ),
@@ -191,6 +200,18 @@ def validate_sample(
                 )
             continue
         problems += [Problem(path, key, m) for m in _value_problems(sample[key], spec, sizes)]
+    reference = ("ref_cam_intrin", "ref_cam_extrin")
+    if any(key not in sample for key in reference) and derive_reference_camera(sample) is None:
+        missing = " and ".join(repr(k) for k in reference if k not in sample)
+        problems.append(
+            Problem(
+                path,
+                None,
+                f"missing key {missing} (the reference camera), and 'ref_cam_pose' does not "
+                "decode to one (expected [R|t] row-major with R orthonormal, fx/W, fy/H, cx/W, "
+                "cy/H)",
+            )
+        )
     for key, kind in METADATA_KEYS.items():
         if key in sample and not isinstance(sample[key], kind):
             problems.append(
@@ -202,6 +223,37 @@ def validate_sample(
                 )
             )
     return problems
+
+
+def derive_reference_camera(sample: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(K [1, 3, 3], E [1, 4, 4]) decoded from ``ref_cam_pose``, or None if it holds no camera."""
+    from pippo_lightning.geometry.cameras import camera_from_pose_vector
+
+    pose, image = sample.get("ref_cam_pose"), sample.get("ref_image")
+    if not isinstance(pose, torch.Tensor | np.ndarray) or not hasattr(image, "shape"):
+        return None
+    pose = torch.as_tensor(pose)
+    if tuple(pose.shape) != (1, 1, 16) or not pose.is_floating_point() or len(image.shape) < 2:
+        return None
+    height, width = image.shape[-2:]
+    k, e = camera_from_pose_vector(pose[:, 0].double(), width, height)
+    rotation = e[0, :3, :3]
+    orthonormal = (rotation @ rotation.T - torch.eye(3, dtype=rotation.dtype)).abs().max() < 1e-3
+    if not bool(orthonormal) or not bool(torch.isfinite(k).all()) or float(k[0, 0, 0]) <= 0:
+        return None
+    return k.float(), e.float()
+
+
+def with_reference_camera(sample: dict[str, Any]) -> dict[str, Any]:
+    """``sample`` with ``ref_cam_intrin`` / ``ref_cam_extrin`` filled in from ``ref_cam_pose``
+    when they are missing (files of the original release); unchanged otherwise."""
+    if "ref_cam_intrin" in sample and "ref_cam_extrin" in sample:
+        return sample
+    derived = derive_reference_camera(sample)
+    if derived is None:
+        return sample
+    k, e = derived
+    return {"ref_cam_intrin": k, "ref_cam_extrin": e, **sample}
 
 
 def _value_problems(value: Any, spec: KeySpec, sizes: dict[str, int]) -> list[str]:

@@ -36,6 +36,7 @@ from pippo_lightning.data.schema import (
     SampleError,
     canonical_sample,
     validate_sample,
+    with_reference_camera,
 )
 from pippo_lightning.data.shards import INDEX_FILE, ShardReader
 from pippo_lightning.geometry.cameras import camera_pose_vector, project_points
@@ -198,6 +199,7 @@ def validate_raw(raw: dict[str, Any], where: str) -> list[Problem]:
     try:
         sample = canonical_sample(raw)
         problems = validate_sample(sample, where)
+        sample = with_reference_camera(sample)  # so a decoded reference camera is checked too
     except Exception as error:
         return [Problem(where, None, f"cannot check: {type(error).__name__}: {error}")]
     broken = {p.key for p in problems} | {_missing_key(p) for p in problems if p.key is None}

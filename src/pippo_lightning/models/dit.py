@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from pippo_lightning.models.layers import (
     FinalLayer,
@@ -93,6 +94,7 @@ class DiT(nn.Module):
         self.t_embedder = TimestepEmbedder(dim)
         self.blocks = nn.ModuleList(DiTBlock(dim, num_heads, mlp_ratio) for _ in range(depth))
         self.final_layer = FinalLayer(dim, patch_size, in_channels, self.grid)
+        self.activation_checkpointing = False
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -124,12 +126,23 @@ class DiT(nn.Module):
         t: Tensor,
         controls: list[Tensor] | None = None,
         attention_scale: float | None = None,
+        condition: Tensor | None = None,
     ) -> Tensor:
-        """tokens [B, V, N, D], t [B], controls: one [B, V, N, D] per block -> [B, V, N, D]."""
+        """tokens [B, V, N, D], t [B], controls: one [B, V, N, D] per block -> [B, V, N, D].
+
+        condition [B, D], if given, joins the timestep embedding that drives every adaLN
+        (P1's global image embedding).
+        """
         num_views = tokens.shape[1]
         x = rearrange(tokens, "b v n d -> b (v n) d")
         c = self.t_embedder(t)
+        if condition is not None:
+            c = c + condition.to(c.dtype)
         for i, block in enumerate(self.blocks):
             control = None if controls is None else rearrange(controls[i], "b v n d -> b (v n) d")
-            x = block(x, c, control=control, attention_scale=attention_scale)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                # recompute the block in backward: activations of one block instead of all
+                x = checkpoint(block, x, c, control, attention_scale, use_reentrant=False)
+            else:
+                x = block(x, c, control=control, attention_scale=attention_scale)
         return rearrange(x, "b (v n) d -> b v n d", v=num_views)

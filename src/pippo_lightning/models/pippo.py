@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from pippo_lightning.models.camera import CameraMLP
 from pippo_lightning.models.control import ControlMLP
 from pippo_lightning.models.dit import DiT
+from pippo_lightning.models.layers import FP32LayerNorm
 from pippo_lightning.models.reference import ReferenceEncoder
 
 PLUCKER_CHANNELS = 6  # (direction, moment) of each pixel's ray
@@ -34,6 +35,11 @@ class PippoConfig:
     use_cameras: bool = True  # camera MLP (M2, P3)
     use_control: bool = True  # ControlMLP (P3)
     control_xt: bool = True  # x_t joins the ControlMLP input
+    use_reference: bool = True  # reference view(s) in the sequence (M2, P3)
+    #: width of a global image embedding (P1: DINOv2) projected into the adaLN conditioning; 0 = none
+    global_embedding_dim: int = 0
+    #: recompute each DiT block in backward (memory for time; GPU presets)
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         # Hydra hands lists over; keep the dataclass hashable and comparable
@@ -75,6 +81,10 @@ class PippoConfig:
                 "PippoConfig.plucker_siren_layers must be a non-empty tuple of positive ints, "
                 f"got {self.plucker_siren_layers!r}"
             )
+        if self.global_embedding_dim < 0:
+            raise ValueError(
+                f"PippoConfig.global_embedding_dim must be >= 0, got {self.global_embedding_dim}"
+            )
         if self.use_control and self.patch_size != 2:
             # the ControlMLP's single stride-2 conv makes exactly one token per 2x2 patch
             raise ValueError(
@@ -113,11 +123,31 @@ def pippo_config(size: str, **overrides: Any) -> PippoConfig:
 class NullEmbeddings(nn.Module):
     """Learned stand-ins for dropped conditions (classifier-free guidance), zero at init."""
 
-    def __init__(self, dim: int, use_cameras: bool) -> None:
+    def __init__(self, dim: int, use_cameras: bool, use_global: bool = False) -> None:
         super().__init__()
         self.ref = nn.Parameter(torch.zeros(1, 1, 1, dim))  # broadcasts over [B, R, N, D]
         cam_pose = nn.Parameter(torch.zeros(1, 1, dim)) if use_cameras else None  # over [B, NV, D]
         self.register_parameter("cam_pose", cam_pose)
+        # over [B, D]; present only with a global embedding so older checkpoints keep their keys
+        global_embedding = nn.Parameter(torch.zeros(1, dim)) if use_global else None
+        self.register_parameter("global_embedding", global_embedding)
+
+
+class GlobalEmbedding(nn.Module):
+    """A global image embedding (e.g. DINOv2's CLS token) -> one conditioning vector [B, D].
+
+    The projection starts at zero so adding it to a trained model changes nothing at first.
+    """
+
+    def __init__(self, embedding_dim: int, dim: int) -> None:
+        super().__init__()
+        self.norm = FP32LayerNorm(embedding_dim)
+        self.proj = nn.Linear(embedding_dim, dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, embedding: Tensor) -> Tensor:
+        return self.proj(self.norm(embedding))
 
 
 class Pippo(nn.Module):
@@ -135,8 +165,14 @@ class Pippo(nn.Module):
             cfg.num_heads,
             cfg.mlp_ratio,
         )
-        self.ref_encoder = ReferenceEncoder(
-            cfg.latent_channels, cfg.latent_size, cfg.patch_size, cfg.dim
+        self.generator.activation_checkpointing = cfg.activation_checkpointing
+        self.ref_encoder = (
+            ReferenceEncoder(cfg.latent_channels, cfg.latent_size, cfg.patch_size, cfg.dim)
+            if cfg.use_reference
+            else None
+        )
+        self.global_embedding = (
+            GlobalEmbedding(cfg.global_embedding_dim, cfg.dim) if cfg.global_embedding_dim else None
         )
         self.camera_mlp = (
             CameraMLP(cfg.camera_features, cfg.camera_hidden, cfg.dim) if cfg.use_cameras else None
@@ -153,13 +189,13 @@ class Pippo(nn.Module):
             if cfg.use_control
             else None
         )
-        self.null = NullEmbeddings(cfg.dim, cfg.use_cameras)
+        self.null = NullEmbeddings(cfg.dim, cfg.use_cameras, cfg.global_embedding_dim > 0)
 
     def forward(
         self,
         x_t: Tensor,
         t: Tensor,
-        ref_latent: Tensor,
+        ref_latent: Tensor | None = None,
         cam_pose: Tensor | None = None,
         ref_cam_pose: Tensor | None = None,
         plucker: Tensor | None = None,
@@ -169,8 +205,15 @@ class Pippo(nn.Module):
         drop_cameras: Tensor | None = None,
         drop_control: Tensor | None = None,
         attention_scale: float | None = None,
+        global_embedding: Tensor | None = None,
+        drop_global: Tensor | None = None,
     ) -> Tensor:
         """Predict eps for x_t [B, NV, C, h, w]; see `_check_inputs` for every shape.
+
+        ref_latent None leaves the reference out of the sequence altogether (the target views
+        attend only to each other): the pre-training (P1) setting, and what makes a stage
+        initialised from P1 reproduce P1 exactly. global_embedding [B, E] (with
+        global_embedding_dim = E) conditions every block through the adaLN.
 
         drop_* are bool [B] masks (True = that sample gets the learned null condition), so the
         conditional and unconditional passes of classifier-free guidance share this one path.
@@ -185,41 +228,63 @@ class Pippo(nn.Module):
             ("drop_ref", drop_ref),
             ("drop_cameras", drop_cameras),
             ("drop_control", drop_control),
+            ("drop_global", drop_global),
         ):
             _check_mask(name, mask, batch)
+        condition = self._global_condition(global_embedding, drop_global, batch)
 
+        with_ref = ref_latent is not None and self.ref_encoder is not None
         targets = self.generator.embed_views(x_t)  # [B, NV, N, D]
-        refs = self.ref_encoder(ref_latent)  # [B, R, N, D]
+        refs = self.ref_encoder(ref_latent) if with_ref else None  # [B, R, N, D]
         if self.camera_mlp is not None:
             cams = self.camera_mlp(cam_pose)  # [B, NV, D]
             if drop_cameras is not None:
                 cams = torch.where(drop_cameras[:, None, None], self.null.cam_pose, cams)
             targets = targets + cams[:, :, None]
-            refs = refs + self.camera_mlp(ref_cam_pose)[:, :, None]
-        if drop_ref is not None:
+            if refs is not None:
+                refs = refs + self.camera_mlp(ref_cam_pose)[:, :, None]
+        if refs is not None and drop_ref is not None:
             refs = torch.where(drop_ref[:, None, None, None], self.null.ref, refs)
         # order matters for the controls and the output split: target views, then reference
-        tokens = torch.cat([targets, refs], dim=1)
+        tokens = targets if refs is None else torch.cat([targets, refs], dim=1)
 
         controls = None
         if self.control_mlp is not None:
-            xt_all = torch.cat([x_t, torch.zeros_like(ref_latent)], dim=1)  # no noise on the ref
-            controls = self.control_mlp(
-                anchor_latents,
-                torch.cat([plucker, ref_plucker], dim=1),
-                t,
-                x_t=xt_all,
-                drop=drop_control,
-            )
+            xt_all, rays = x_t, plucker
+            if refs is not None:  # the reference joins with no noise of its own
+                xt_all = torch.cat([x_t, torch.zeros_like(ref_latent)], dim=1)
+                rays = torch.cat([plucker, ref_plucker], dim=1)
+            controls = self.control_mlp(anchor_latents, rays, t, x_t=xt_all, drop=drop_control)
 
-        tokens = self.generator(tokens, t, controls=controls, attention_scale=attention_scale)
+        tokens = self.generator(
+            tokens, t, controls=controls, attention_scale=attention_scale, condition=condition
+        )
         return self.generator.unembed_views(tokens[:, :num_views])
+
+    def _global_condition(
+        self, embedding: Tensor | None, drop: Tensor | None, batch: int
+    ) -> Tensor | None:
+        """The projected global embedding [B, D] (the learned null where dropped), or None."""
+        if self.global_embedding is None:
+            return None
+        if embedding is None:
+            raise ValueError(
+                "global_embedding is required when PippoConfig.global_embedding_dim="
+                f"{self.config.global_embedding_dim}"
+            )
+        _check_shape(
+            "global_embedding", embedding, ("B", batch), ("E", self.config.global_embedding_dim)
+        )
+        condition = self.global_embedding(embedding)
+        if drop is not None:
+            condition = torch.where(drop[:, None], self.null.global_embedding, condition)
+        return condition
 
     def _check_inputs(
         self,
         x_t: Tensor,
         t: Tensor,
-        ref_latent: Tensor,
+        ref_latent: Tensor | None,
         cam_pose: Tensor | None,
         ref_cam_pose: Tensor | None,
         plucker: Tensor | None,
@@ -236,23 +301,28 @@ class Pippo(nn.Module):
         b, nv = x_t.shape[:2]
         _check_shape("x_t", x_t, ("B", b), ("NV", nv), ("C", c), ("h", s), ("w", s))
         _check_shape("t", t, ("B", b))
-        if ref_latent.dim() != 5:
-            raise ValueError(
-                f"ref_latent: expected shape [B={b}, R, C={c}, h={s}, w={s}], "
-                f"found {tuple(ref_latent.shape)}"
-            )
-        r = ref_latent.shape[1]
-        _check_shape("ref_latent", ref_latent, ("B", b), ("R", r), ("C", c), ("h", s), ("w", s))
+        with_ref = cfg.use_reference and ref_latent is not None
+        r = 0
+        if with_ref:
+            if ref_latent.dim() != 5:
+                raise ValueError(
+                    f"ref_latent: expected shape [B={b}, R, C={c}, h={s}, w={s}], "
+                    f"found {tuple(ref_latent.shape)}"
+                )
+            r = ref_latent.shape[1]
+            _check_shape("ref_latent", ref_latent, ("B", b), ("R", r), ("C", c), ("h", s), ("w", s))
         if cfg.use_cameras:
             f = cfg.camera_features
             _require("cam_pose", cam_pose, "use_cameras")
-            _require("ref_cam_pose", ref_cam_pose, "use_cameras")
             _check_shape("cam_pose", cam_pose, ("B", b), ("NV", nv), ("F", f))
-            _check_shape("ref_cam_pose", ref_cam_pose, ("B", b), ("R", r), ("F", f))
+            if with_ref:
+                _require("ref_cam_pose", ref_cam_pose, "use_cameras")
+                _check_shape("ref_cam_pose", ref_cam_pose, ("B", b), ("R", r), ("F", f))
         if cfg.use_control:
             _require("anchor_latents", anchor_latents, "use_control")
             _require("plucker", plucker, "use_control")
-            _require("ref_plucker", ref_plucker, "use_control")
+            if with_ref:
+                _require("ref_plucker", ref_plucker, "use_control")
             _check_shape(
                 "anchor_latents",
                 anchor_latents,
@@ -263,10 +333,10 @@ class Pippo(nn.Module):
                 ("w", s),
             )
             size = tuple(plucker.shape[-2:]) if plucker.dim() == 5 else (s, s)
-            for name, rays, views in (
-                ("plucker", plucker, ("NV", nv)),
-                ("ref_plucker", ref_plucker, ("R", r)),
-            ):
+            pairs = [("plucker", plucker, ("NV", nv))]
+            if with_ref:
+                pairs.append(("ref_plucker", ref_plucker, ("R", r)))
+            for name, rays, views in pairs:
                 _check_shape(
                     name,
                     rays,
@@ -325,6 +395,7 @@ def count_parameters(model: Pippo) -> dict[str, int]:
         "control_mlp": numel(model.control_mlp),
         "camera_mlp": numel(model.camera_mlp),
         "ref_encoder": numel(model.ref_encoder),
+        "global_embedding": numel(model.global_embedding),
         "null_embeddings": numel(model.null),
     }
     counts["total"] = numel(model)

@@ -8,7 +8,9 @@ dropout masks, AdamW with warm-up, DDIM validation sampling — lives here once.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -18,11 +20,13 @@ from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from pippo_lightning.compressors.base import Compressor
+from pippo_lightning.data.latent_cache import check_latent_identity
 from pippo_lightning.diffusion.attention_biasing import attention_softmax_scale
 from pippo_lightning.diffusion.ddim import DDIMConfig, DDIMSampler
 from pippo_lightning.diffusion.guidance import bump_cfg_scale
 from pippo_lightning.diffusion.loss import DiffusionLoss, offset_noise
 from pippo_lightning.diffusion.schedules import NoiseSchedule, ScheduleConfig
+from pippo_lightning.models.image_encoders import ImageEncoder
 from pippo_lightning.models.pippo import Pippo, PippoConfig, count_parameters, pippo_config
 from pippo_lightning.stages.config import (
     ConditionDropout,
@@ -35,8 +39,23 @@ from pippo_lightning.stages.config import (
     plain,
 )
 from pippo_lightning.stages.ema import EMA
+from pippo_lightning.stages.sharding import configure_sharding
 
 Batch = dict[str, Any]
+log = logging.getLogger(__name__)
+
+
+def load_stage_weights(path: str) -> dict[str, Tensor]:
+    """The Pippo weights of a stage checkpoint (EMA where present), keys relative to the model."""
+    if not Path(path).is_file():
+        raise ConfigError(f"init_from={path}: no such checkpoint file")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = checkpoint.get("state_dict", checkpoint)
+    for prefix in ("ema.shadow.", "model."):
+        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if weights:
+            return weights
+    raise ConfigError(f"init_from={path}: no 'model.*' or 'ema.shadow.*' weights in its state_dict")
 
 
 @dataclasses.dataclass
@@ -50,6 +69,7 @@ class LatentBatch:
     plucker: Tensor | None  # [B, NV, 6, H, W]
     ref_plucker: Tensor | None  # [B, R, 6, H, W]
     anchor_latents: Tensor | None  # [B, NV + R, C, h, w], targets then reference(s)
+    global_embedding: Tensor | None = None  # [B, E] from the frozen image encoder
 
     @property
     def batch_size(self) -> int:
@@ -74,6 +94,10 @@ class PippoStage(L.LightningModule):
     #: Stage-level switches on the model; subclasses pin them.
     use_cameras: bool = True
     use_control: bool = True
+    use_reference: bool = True
+    #: which image the frozen image encoder (if any) embeds: the target itself (P1) or the
+    #: reference photo (later stages)
+    embed_key: str = "ref_image"
 
     def __init__(
         self,
@@ -90,6 +114,9 @@ class PippoStage(L.LightningModule):
         ema: Mapping[str, Any] | EMAConfig | None = None,
         noise_offset: float = 0.0,
         use_face_crop: bool = False,
+        image_encoder: ImageEncoder | None = None,
+        init_from: str | None = None,
+        sharding: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -107,6 +134,8 @@ class PippoStage(L.LightningModule):
                     "ema": ema,
                     "noise_offset": noise_offset,
                     "use_face_crop": use_face_crop,
+                    "init_from": init_from,
+                    "sharding": sharding,
                 }
             )
         )
@@ -114,8 +143,12 @@ class PippoStage(L.LightningModule):
         self.compressor.requires_grad_(False)
         self.image_size = image_size
         self.num_views = num_views
+        self.image_encoder = image_encoder
         self.model_config = self._model_config(model_size, dict(model_overrides or {}))
         self.model = Pippo(self.model_config)
+        if init_from:
+            # before the EMA copy, so the average starts from the previous stage's weights
+            self.load_previous_stage(init_from)
         self.schedule = NoiseSchedule(coerce(ScheduleConfig, schedule, "stage.schedule"))
         self.optimizer_config = coerce(OptimizerConfig, optimizer, "stage.optimizer")
         self.condition_dropout = coerce(
@@ -143,7 +176,15 @@ class PippoStage(L.LightningModule):
                 f"downsample factor {factor}"
             )
         latent_size = self.image_size // factor
-        for pinned in ("latent_size", "latent_channels", "use_cameras", "use_control"):
+        pinned_fields = (
+            "latent_size",
+            "latent_channels",
+            "use_cameras",
+            "use_control",
+            "use_reference",
+            "global_embedding_dim",
+        )
+        for pinned in pinned_fields:
             if pinned in overrides:
                 raise ConfigError(
                     f"model_overrides.{pinned} is set by the stage and compressor, not by hand"
@@ -155,12 +196,38 @@ class PippoStage(L.LightningModule):
                 latent_channels=self.compressor.latent_channels,
                 use_cameras=self.use_cameras,
                 use_control=self.use_control,
+                use_reference=self.use_reference,
+                global_embedding_dim=self.image_encoder.embedding_dim if self.image_encoder else 0,
                 **overrides,
             )
         except (TypeError, ValueError) as err:
             raise ConfigError(
                 f"model (size={size!r}, image_size={self.image_size}, latent_size={latent_size}): {err}"
             ) from err
+
+    def load_previous_stage(self, path: str) -> None:
+        """Start from another stage's checkpoint (`init_from`): every weight both models share
+        is copied (EMA weights where the checkpoint has them); modules this stage adds keep
+        their zero-output initialisation, so the new model first predicts what the old one did.
+        """
+        source = load_stage_weights(path)
+        own = self.model.state_dict()
+        unexpected = sorted(set(source) - set(own))
+        mismatched = [
+            f"{k}: checkpoint {tuple(source[k].shape)} vs stage {tuple(own[k].shape)}"
+            for k in sorted(set(source) & set(own))
+            if source[k].shape != own[k].shape
+        ]
+        if unexpected or mismatched:
+            raise ConfigError(
+                f"init_from={path}: the checkpoint does not fit this stage's model; "
+                f"weights the stage lacks: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}; "
+                f"shape mismatches: {mismatched[:8]} (same model size, image size, compressor "
+                "and image encoder as the previous stage?)"
+            )
+        self.model.load_state_dict(source, strict=False)
+        new = sorted({k.split(".")[0] for k in set(own) - set(source)})
+        log.info("init_from %s: %d tensors loaded; new modules: %s", path, len(source), new)
 
     def parameter_counts(self) -> dict[str, int]:
         return count_parameters(self.model)
@@ -187,19 +254,37 @@ class PippoStage(L.LightningModule):
                 f"batch images are {tuple(images.shape[-2:])} but the stage was built for "
                 f"image_size={self.image_size}"
             )
+        ref = self.use_reference
+        # a latent cache (pippo-data cache-latents) delivers what the compressor would compute
+        cached = "latents" in batch
         anchors = None
         if self.use_control:
-            anchors = self.encode_views(torch.cat([batch["anchor"], batch["ref_anchor"]], dim=1))
+            if cached:
+                anchors = batch["anchor_latents"] if ref else batch["anchor_latents"][:, :-1]
+            else:
+                views = [batch["anchor"], batch["ref_anchor"]] if ref else [batch["anchor"]]
+                anchors = self.encode_views(torch.cat(views, dim=1))
+        ref_latent = None
+        if ref:
+            ref_latent = batch["ref_latent"] if cached else self.encode_views(batch["ref_image"])
         latents = LatentBatch(
-            x0=self.encode_views(images),
-            ref_latent=self.encode_views(batch["ref_image"]),
+            x0=batch["latents"] if cached else self.encode_views(images),
+            ref_latent=ref_latent,
             cam_pose=batch["cam_pose"] if self.use_cameras else None,
-            ref_cam_pose=batch["ref_cam_pose"] if self.use_cameras else None,
+            ref_cam_pose=batch["ref_cam_pose"] if self.use_cameras and ref else None,
             plucker=batch["plucker"] if self.use_control else None,
-            ref_plucker=batch["ref_plucker"] if self.use_control else None,
+            ref_plucker=batch["ref_plucker"] if self.use_control and ref else None,
             anchor_latents=anchors,
+            global_embedding=self.embed_image(batch),
         )
         return self.join_face_crop(batch, latents) if self.use_face_crop else latents
+
+    @torch.no_grad()
+    def embed_image(self, batch: Batch) -> Tensor | None:
+        """The frozen encoder's global embedding [B, E] of `batch[embed_key]`'s first view."""
+        if self.image_encoder is None:
+            return None
+        return self.image_encoder(batch[self.embed_key][:, 0])
 
     def join_face_crop(self, batch: Batch, latents: LatentBatch) -> LatentBatch:
         """Append `batch["face_crop"]` [B, 1, 3, H, W] as a second reference view (paper, P3).
@@ -256,6 +341,9 @@ class PippoStage(L.LightningModule):
             drop_cameras=drops.get("cameras"),
             drop_control=drops.get("control"),
             attention_scale=attention_scale,
+            global_embedding=latents.global_embedding,
+            # the global embedding is the reference photo's (P1: the image's own) description
+            drop_global=drops.get("ref"),
         )
 
     def network(self, use_ema: bool) -> Pippo:
@@ -293,6 +381,11 @@ class PippoStage(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=b, sync_dist=True)
         return loss
 
+    def on_fit_start(self) -> None:
+        # a latent cache written by another compressor must not be trained on
+        datamodule = getattr(self.trainer, "datamodule", None)
+        check_latent_identity(getattr(datamodule, "latent_identity", None), self.compressor)
+
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
         if self.ema is not None:
             self.ema.update(self.model)
@@ -301,6 +394,11 @@ class PippoStage(L.LightningModule):
         norms = [p.grad.detach().norm(2) for p in self.model.parameters() if p.grad is not None]
         if norms:
             self.log("train/grad_norm", torch.stack(norms).norm(2), sync_dist=True)
+
+    def configure_model(self) -> None:
+        # FSDP2 (ModelParallelStrategy): shard the model and EMA once the device mesh exists;
+        # nothing under DDP or on one device. See stages/sharding.py.
+        configure_sharding(self)
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optimizer_config
@@ -318,7 +416,7 @@ class PippoStage(L.LightningModule):
     @property
     def train_tokens(self) -> int:
         """Tokens in one training sequence (target views + reference): N_train of attention biasing."""
-        num_refs = 2 if self.use_face_crop else 1
+        num_refs = (2 if self.use_face_crop else 1) if self.use_reference else 0
         return (self.num_views + num_refs) * self.model_config.tokens_per_view
 
     def attention_scale(
@@ -356,7 +454,9 @@ class PippoStage(L.LightningModule):
         sampling = sampling or self.sampling
         latents = self.to_latents(batch)
         b, num_views = latents.x0.shape[:2]
-        attention_scale = self.attention_scale(sampling, num_views, latents.ref_latent.shape[1])
+        attention_scale = self.attention_scale(
+            sampling, num_views, 0 if latents.ref_latent is None else latents.ref_latent.shape[1]
+        )
         generator = torch.Generator(device="cpu").manual_seed(sampling.seed)
         # per-sample starting noise: a subject's views do not depend on its batch or rank
         indices = batch.get("index")
@@ -413,6 +513,8 @@ class PippoStage(L.LightningModule):
             return None
         generated = self.generate(batch)
         target = batch["images"]
+        if "ref_image" not in batch:
+            return {"generated": generated, "target": target, "reference": target[:, :1]}
         reference = batch["ref_image"].expand_as(target)
         self.log("val/psnr", psnr(generated, target), batch_size=b, sync_dist=True)
         # The trivial baseline: copy the reference photo into every target view.

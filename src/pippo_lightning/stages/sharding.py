@@ -1,0 +1,194 @@
+"""Fully sharded data-parallel training (FSDP2) of a Pippo stage.
+
+Under Lightning's `ModelParallelStrategy` every rank gets a device mesh and the stage's
+`configure_model` hook runs once the processes exist; there `configure_sharding` applies
+`fully_shard` to each DiT block, the ControlMLP, the camera MLP and then the model root, so each
+rank keeps 1/N of every weight, gradient and AdamW moment and gathers one block at a time.
+
+The EMA shadow is sharded the same way: it is a deep copy of the unsharded model, so after
+sharding rank r's shadow shard covers exactly the elements of rank r's model shard, and the
+EMA update (`torch._foreach_lerp_` on DTensors) averages each rank's own shard with no
+communication. Under DDP or on one device (no device mesh) nothing here does anything.
+
+Activation checkpointing is the model's own switch (`model.overrides.activation_checkpointing`,
+see `models.dit.DiT`); it composes with the sharding here: FSDP2 skips the all-gather when a
+checkpointed block is recomputed in backward, because the backward hook has already gathered it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import nn
+
+from pippo_lightning.stages.config import ConfigError, coerce
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    from pippo_lightning.models.pippo import Pippo
+    from pippo_lightning.stages.base import PippoStage
+
+log = logging.getLogger(__name__)
+
+#: dtype names accepted in configs (YAML has no torch dtypes)
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class ShardingConfig:
+    """How FSDP2 shards a stage (`stage.sharding` in the config); used only with a device mesh."""
+
+    #: dtype the gathered weights are computed in; null keeps fp32 compute
+    param_dtype: str | None = "bfloat16"
+    #: dtype gradients are averaged in; fp32 keeps the reduce exact whatever param_dtype is
+    reduce_dtype: str | None = "float32"
+    #: free each block's gathered weights after its forward and gather again in backward:
+    #: memory of one block's full weights instead of all of them, for one more all-gather
+    reshard_after_forward: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("param_dtype", "reduce_dtype"):
+            value = getattr(self, name)
+            if value is not None and value not in DTYPES:
+                raise ConfigError(
+                    f"stage.sharding.{name} must be one of {sorted(DTYPES)} or null, got {value!r}"
+                )
+
+    def mixed_precision(self) -> MixedPrecisionPolicy:
+        """FSDP2's policy: gathered weights in `param_dtype`, gradients reduced in `reduce_dtype`;
+        the sharded fp32 weights the optimizer steps on are never rounded."""
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        return MixedPrecisionPolicy(
+            param_dtype=DTYPES[self.param_dtype] if self.param_dtype else None,
+            reduce_dtype=DTYPES[self.reduce_dtype] if self.reduce_dtype else None,
+        )
+
+
+class FullyShardedStrategy(ModelParallelStrategy):
+    """`ModelParallelStrategy` as pure FSDP2: one data-parallel mesh dimension over every rank.
+
+    Lightning's "auto" sizes give a (nodes x GPUs-per-node) mesh meant for tensor parallelism;
+    sharding over only its data-parallel dimension would leave the GPUs of a node unsynchronised.
+    Here the tensor-parallel size is 1 and the data-parallel size is the world size, whatever
+    `trainer.devices` and `trainer.num_nodes` are.
+    """
+
+    def __init__(
+        self,
+        save_distributed_checkpoint: bool = True,
+        process_group_backend: str | None = None,
+        timeout_minutes: float = 30.0,
+    ) -> None:
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            process_group_backend=process_group_backend,
+            timeout=timedelta(minutes=timeout_minutes),
+        )
+
+    def setup_environment(self) -> None:
+        # num_nodes and the per-node devices are known here, before the mesh is built
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
+
+def sharding_config(stage: PippoStage) -> ShardingConfig:
+    """The stage's `sharding` hyperparameter as a checked `ShardingConfig`."""
+    return coerce(ShardingConfig, stage.hparams.get("sharding"), "stage.sharding")
+
+
+def data_parallel_mesh(stage: PippoStage) -> DeviceMesh | None:
+    """The mesh to shard over, or None when the strategy provides none (DDP, one device)."""
+    try:
+        mesh = stage.device_mesh
+    except AttributeError:  # Lightning versions without device meshes
+        return None
+    if mesh is None:
+        return None
+    names = mesh.mesh_dim_names or ()
+    if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
+        raise ConfigError(
+            "Pippo stages shard with FSDP2 only (no tensor parallelism): use "
+            "pippo_lightning.stages.sharding.FullyShardedStrategy or "
+            "ModelParallelStrategy(tensor_parallel_size=1)"
+        )
+    return mesh["data_parallel"] if "data_parallel" in names else mesh
+
+
+def sharding_units(model: Pippo) -> Iterator[nn.Module]:
+    """The modules that gather and free their weights as one unit, innermost first.
+
+    One unit per DiT block bounds the gathered weights to about one block; ControlMLP and the
+    camera MLP are their own units (run once per step, before the blocks). Whatever remains
+    (patchify, embeddings, reference encoder, output layer, nulls) goes with the root.
+    """
+    yield from model.generator.blocks
+    for name in ("control_mlp", "camera_mlp"):
+        module = getattr(model, name, None)
+        if module is not None:
+            yield module
+
+
+def is_sharded(module: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+def shard_model(
+    model: Pippo, mesh: DeviceMesh, config: ShardingConfig, root: bool = True
+) -> None:
+    """Apply `fully_shard` to every unit of `model`, then its root; already sharded ones are
+    skipped, so calling this again (configure_model runs per fit/validate) changes nothing."""
+    from torch.distributed.fsdp import fully_shard
+
+    options: dict[str, Any] = {
+        "mesh": mesh,
+        "mp_policy": config.mixed_precision(),
+        "reshard_after_forward": config.reshard_after_forward,
+    }
+    for unit in sharding_units(model):
+        if not is_sharded(unit):
+            fully_shard(unit, **options)
+    if root and not is_sharded(model):
+        fully_shard(model, **options)
+
+
+def configure_sharding(stage: PippoStage) -> bool:
+    """Shard the stage's model and EMA shadow over the device mesh; True when it sharded.
+
+    Called from `PippoStage.configure_model`. Without a mesh (DDP, one device) it only checks
+    the config, so a typo in `stage.sharding` fails on a laptop too.
+    """
+    config = sharding_config(stage)
+    mesh = data_parallel_mesh(stage)
+    if mesh is None:
+        return False
+    shard_model(stage.model, mesh, config)
+    if stage.ema is not None:
+        # built as a copy of the unsharded model, so identical sharding lines up the shards
+        shard_model(stage.ema.shadow, mesh, config)
+    log.info(
+        "FSDP2 over %d ranks: %d units + root, compute %s, gradient reduce %s, "
+        "activation checkpointing %s",
+        mesh.size(),
+        sum(1 for _ in sharding_units(stage.model)),
+        config.param_dtype or "float32",
+        config.reduce_dtype or "float32",
+        "on" if getattr(stage.model.generator, "activation_checkpointing", False) else "off",
+    )
+    return True
