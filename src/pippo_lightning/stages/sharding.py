@@ -18,14 +18,16 @@ checkpointed block is recomputed in backward, because the backward hook has alre
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
-from torch import nn
+from torch import Tensor, nn
 
 from pippo_lightning.stages.config import ConfigError, coerce
 
@@ -192,3 +194,48 @@ def configure_sharding(stage: PippoStage) -> bool:
         "on" if getattr(stage.model.generator, "activation_checkpointing", False) else "off",
     )
     return True
+
+
+def gradient_norm(parameters: Iterable[nn.Parameter]) -> Tensor | None:
+    """L2 norm of all gradients, the same value on every rank; None when there are none.
+
+    Sharded gradients are DTensors whose norm is a partial sum per rank: a plain `.norm()` of
+    one would log this rank's part, and `self.log(..., sync_dist=True)` cannot all-reduce a
+    DTensor. `full_tensor()` reduces it once. Under DDP the gradients are already averaged.
+    """
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad.detach() for p in parameters if p.grad is not None]
+    if not grads:
+        return None
+    norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
+
+
+def consolidate_checkpoint(
+    folder: str | Path, output: str | Path, include_optimizer: bool = True
+) -> Path:
+    """Turn a sharded checkpoint directory into one ordinary Lightning `.ckpt` file.
+
+    `load_from_checkpoint`, pippo-eval and pippo-generate read single files; Lightning's own
+    `consolidate_checkpoint` tool expects FSDP1's layout ("model" key) and fails on
+    ModelParallelStrategy's ("state_dict", "optimizer_<i>"). The whole checkpoint is read
+    into CPU memory. `include_optimizer=False` keeps weights, EMA and metadata only.
+    """
+    # Lightning's reader of distributed checkpoints (private, but it also merges meta.pt)
+    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+
+    folder = Path(folder)
+    if not (folder / ".metadata").is_file():
+        raise FileNotFoundError(f"{folder} is not a sharded checkpoint directory (no .metadata)")
+    checkpoint = _load_distributed_checkpoint(folder)
+    keys = sorted(
+        (k for k in checkpoint if re.fullmatch(r"optimizer_\d+", k)), key=lambda k: int(k[10:])
+    )
+    optimizer_states = [checkpoint.pop(k) for k in keys]
+    if include_optimizer:
+        checkpoint["optimizer_states"] = optimizer_states
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, output)
+    return output
