@@ -13,7 +13,7 @@ OWN_VARS := ARGS=% CONFIG=% VENV=% HW=% INIT=% CKPT=% PHOTO=% DATA=%
 HYDRA_ARGS = $(filter-out $(OWN_VARS),$(MAKEOVERRIDES)) $(if $(HW),hardware=$(HW)) $(if $(INIT),stage.init_from=$(INIT)) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install train train-stage1 train-stage2 train-stage3 sweep test test-slow test-all lint format bench eval generate data-validate data-demo clean
+.PHONY: help install train train-stage1 train-stage2 train-stage3 sweep test test-slow test-all test-faults lint format bench eval generate data-validate data-demo download-samples clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ test-slow: $(STAMP) ## run only the slow end-to-end tests
 test-all: $(STAMP) ## run every test, slow ones included
 	$(PY) -m pytest -q $(ARGS)
 
+test-faults: $(STAMP) ## fault injection: corrupt checkpoints, NaN batches, SIGTERM/SIGUSR1, kill + resume (slow ones included)
+	$(PY) -m pytest -q tests/test_faults.py tests/test_resume.py $(ARGS)
+
 lint: $(STAMP) ## ruff lint + format check
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
@@ -76,6 +79,9 @@ data-demo: $(STAMP) ## studio -> plain captures -> pippo-data prepare -> validat
 	$(VENV)/bin/pippo-data export-studio outputs/captures --subjects 2 --resolution 128
 	$(VENV)/bin/pippo-data prepare outputs/captures --out outputs/prepared --resolution 128 --overwrite
 	$(VENV)/bin/pippo-data validate outputs/prepared
+
+download-samples: $(STAMP) ## the original release's Ava-256 samples from the Hugging Face Hub -> data/ava256_samples
+	$(VENV)/bin/pippo-data download-samples --out data/ava256_samples $(ARGS)
 
 clean: ## remove outputs, caches and the venv
 	rm -rf outputs .pytest_cache .ruff_cache $(VENV)

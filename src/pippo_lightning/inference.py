@@ -65,14 +65,23 @@ def load_stage(
     """
     if path is None or str(path) in ("", "???"):
         raise CheckpointError("no checkpoint given: pass ckpt=/path/to/checkpoints/last.ckpt")
+    if str(path).startswith("hf://"):  # a Hub model pushed by `pippo-hub push`: pull it first
+        from pippo_lightning.hub import resolve_checkpoint
+
+        path = resolve_checkpoint(str(path))
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
+        # weights_only: a checkpoint is data; a pickle that needs code to load is refused.
         stage = stage_class.load_from_checkpoint(
-            path, compressor=compressor, map_location=map_location
+            path, compressor=compressor, map_location=map_location, weights_only=True
         )
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError) as err:
+    except pickle.UnpicklingError as err:
+        from pippo_lightning.hub import refusal
+
+        raise CheckpointError(str(refusal(path, err))) from err
+    except (zipfile.BadZipFile, EOFError) as err:
         # torch's own message here is a long note about weights_only, beside the point.
         raise CheckpointError(
             f"{path} is not a readable Lightning checkpoint ({type(err).__name__})"

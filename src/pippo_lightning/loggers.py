@@ -130,7 +130,12 @@ def read_offline_run(path: str | Path) -> OfflineRun:
     from wandb.proto import wandb_internal_pb2
 
     path = Path(path)
-    files = [path] if path.is_file() else sorted(path.glob("**/offline-run-*/run-*.wandb"))
+    if path.is_file():
+        files = [path]
+    else:  # an offline-run-* folder itself, or any folder above one
+        files = sorted(path.glob("run-*.wandb")) or sorted(
+            path.glob("**/offline-run-*/run-*.wandb")
+        )
     if not files:
         raise FileNotFoundError(f"no offline W&B run (run-*.wandb) under {path}")
     log_file = files[-1]

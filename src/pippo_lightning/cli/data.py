@@ -186,6 +186,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------- download-samples
+def cmd_download_samples(args: argparse.Namespace) -> int:
+    """The original release's Ava-256 samples from the Hub, validated and split (issue #8)."""
+    from pippo_lightning.data.download import download_samples
+
+    result = download_samples(
+        args.out,
+        val_fraction=args.val_fraction,
+        overwrite=args.overwrite,
+        repo_id=args.repo,
+        revision=args.revision,
+    )
+    print(result.summary())
+    print(f"train on them with: pippo-train data=ava256_samples data.root={args.out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pippo-data", description=__doc__.splitlines()[0])
@@ -275,6 +292,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pin-memory", action="store_true")
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--latent-cache")
+
+    p = command(
+        "download-samples",
+        cmd_download_samples,
+        "fetch the original release's Ava-256 samples from the Hugging Face Hub",
+    )
+    p.add_argument("--out", default="data/ava256_samples", help="dataset root to create")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="samples held out for val")
+    p.add_argument("--repo", default="yashkant/pippo", help="Hub dataset holding ava_samples/")
+    p.add_argument("--revision", help="branch, tag or commit (default: main)")
+    p.add_argument("--overwrite", action="store_true")
     return parser
 
 

@@ -38,6 +38,7 @@ from pippo_lightning.cli.common import (
 )
 from pippo_lightning.cli.generate import compressor_config
 from pippo_lightning.data.dataset import MultiViewDataset
+from pippo_lightning.hub import resolve_checkpoint
 from pippo_lightning.inference import (
     CheckpointError,
     batch_to,
@@ -83,6 +84,8 @@ def load_model(
             "no checkpoint given: pass ckpt=/path/to/checkpoints/last.ckpt "
             "(or gt_only=true image_size=... num_views=... to score the ground truth alone)"
         )
+    # hf://owner/name: pull first, so the run's compressor config next to it is found
+    ckpt = str(resolve_checkpoint(ckpt))
     node, source = compressor_config(cfg, ckpt)
     stage = load_stage(
         ckpt, hydra.utils.instantiate(node), hydra.utils.get_class(cfg.stage_class)

@@ -31,6 +31,7 @@ from pippo_lightning.geometry.orbit import (
     turntable_cameras,
     write_cameras_file,
 )
+from pippo_lightning.hub import resolve_checkpoint
 from pippo_lightning.inference import (
     AnchorPose,
     CheckpointError,
@@ -181,6 +182,8 @@ def generate(cfg: DictConfig) -> GenerateResult:
     photo = read_photo(required(cfg, "photo", PhotoError, "/path/to/photo.jpg"), cfg.background)
     check_orbit(cfg)
     device = pick_device(cfg.device)
+    # hf://owner/name: pull first, so the run's compressor config next to it is found
+    ckpt = str(resolve_checkpoint(ckpt))
     compressor_node, compressor_source = compressor_config(cfg, ckpt)
     stage_class = hydra.utils.get_class(cfg.stage_class)
     stage = load_stage(ckpt, hydra.utils.instantiate(compressor_node), stage_class).to(device)

@@ -13,6 +13,8 @@ import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
+from pippo_lightning.callbacks.reliability import exit_if_preempted
+from pippo_lightning.checkpointing import prepare_resume, reliability_plugins
 from pippo_lightning.cli.common import (
     CONFIG_DIR,
     check_overrides,
@@ -22,6 +24,7 @@ from pippo_lightning.cli.common import (
     instantiate_group,
     resolved_config,
 )
+from pippo_lightning.hub import log_artifacts_if_enabled
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +47,13 @@ def train(cfg: DictConfig) -> TrainResult:
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     compressor = hydra.utils.instantiate(cfg.compressor)
     stage: L.LightningModule = hydra.utils.instantiate(cfg.stage, compressor=compressor)
+    # issue #7: pick the checkpoint (auto_resume) and continue its W&B run, before loggers exist
+    ckpt_path = prepare_resume(cfg)
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers, plugins=reliability_plugins(cfg)
+    )
 
     counts = stage.parameter_counts()
     for logger in trainer.loggers:
@@ -54,10 +61,18 @@ def train(cfg: DictConfig) -> TrainResult:
     log.info("parameters: %s", ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()))
 
     try:
-        trainer.fit(stage, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(stage, datamodule=datamodule, ckpt_path=ckpt_path)
+        if trainer.is_global_zero:
+            log_artifacts_if_enabled(
+                bool(cfg.get("wandb_artifacts")),
+                trainer.loggers,
+                checkpoint=getattr(trainer.checkpoint_callback, "last_model_path", None) or None,
+                config=resolved_config(cfg),
+            )
     finally:
         # Each run (and each job of a multirun in one process) gets its own W&B run.
         finish_wandb_runs(trainer)
+    exit_if_preempted(trainer)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if trainer.is_global_zero:

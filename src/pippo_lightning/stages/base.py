@@ -39,7 +39,7 @@ from pippo_lightning.stages.config import (
     plain,
 )
 from pippo_lightning.stages.ema import EMA
-from pippo_lightning.stages.sharding import configure_sharding
+from pippo_lightning.stages.sharding import configure_sharding, gradient_norm
 
 Batch = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -386,14 +386,19 @@ class PippoStage(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         check_latent_identity(getattr(datamodule, "latent_identity", None), self.compressor)
 
-    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # EMA right after the weights change, not in on_train_batch_end: checkpoint callbacks
+        # save in their on_train_batch_end, which runs before the module's, and a checkpoint of
+        # step k must hold step k's average for a resumed run to match (issue #7)
         if self.ema is not None:
             self.ema.update(self.model)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        norms = [p.grad.detach().norm(2) for p in self.model.parameters() if p.grad is not None]
-        if norms:
-            self.log("train/grad_norm", torch.stack(norms).norm(2), sync_dist=True)
+        # the same on every rank already (DDP averages, FSDP shards are reduced once inside)
+        norm = gradient_norm(self.model.parameters())
+        if norm is not None:
+            self.log("train/grad_norm", norm)
 
     def configure_model(self) -> None:
         # FSDP2 (ModelParallelStrategy): shard the model and EMA once the device mesh exists;

@@ -11,8 +11,9 @@ EMA update (`torch._foreach_lerp_` on DTensors) averages each rank's own shard w
 communication. Under DDP or on one device (no device mesh) nothing here does anything.
 
 Activation checkpointing is the model's own switch (`model.overrides.activation_checkpointing`,
-see `models.dit.DiT`); it composes with the sharding here: FSDP2 skips the all-gather when a
-checkpointed block is recomputed in backward, because the backward hook has already gathered it.
+see `models.dit.DiT`); it composes with the sharding here: FSDP2's forward hook recognises a
+block's recomputation in backward and uses the weights its backward hook gathered. Two CPU ranks
+with it on reproduce a DDP run without it (tests/test_distributed.py).
 """
 
 from __future__ import annotations
@@ -151,9 +152,7 @@ def is_sharded(module: nn.Module) -> bool:
     return isinstance(module, FSDPModule)
 
 
-def shard_model(
-    model: Pippo, mesh: DeviceMesh, config: ShardingConfig, root: bool = True
-) -> None:
+def shard_model(model: Pippo, mesh: DeviceMesh, config: ShardingConfig, root: bool = True) -> None:
     """Apply `fully_shard` to every unit of `model`, then its root; already sharded ones are
     skipped, so calling this again (configure_model runs per fit/validate) changes nothing."""
     from torch.distributed.fsdp import fully_shard

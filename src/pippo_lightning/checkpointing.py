@@ -1,0 +1,214 @@
+"""Crash-safe checkpoint files: atomic writes, validity checks, and finding where to resume.
+
+A checkpoint is written to a temporary name in the same directory and renamed over the final
+name, so a crash or a full disk mid-write never leaves a half-written `last.ckpt` behind. At load
+time a damaged file is reported by name instead of as an unpickling traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from pippo_lightning.errors import PippoError
+
+log = logging.getLogger(__name__)
+
+#: what `ckpt_path` may be set to for "the newest valid checkpoint of this run, if any"
+AUTO = "auto"
+
+
+class CorruptCheckpointError(PippoError):
+    """A checkpoint file that is truncated, damaged or not a Lightning checkpoint."""
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why `path` is not a loadable checkpoint, or None when it looks whole.
+
+    torch.save writes a zip archive with a CRC per member; checking the CRCs reads the file
+    once without unpickling it, which catches truncation and flipped bytes cheaply.
+    """
+    path = Path(path)
+    if path.is_dir():
+        # a sharded (torch.distributed.checkpoint) checkpoint: its metadata is written last
+        return None if (path / ".metadata").is_file() else "sharded checkpoint without .metadata"
+    if not path.is_file():
+        return "no such file"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        return f"not a complete checkpoint archive ({err})"
+    if bad is not None:
+        return f"damaged member {bad!r} (CRC mismatch)"
+    if not any(name.endswith("data.pkl") for name in names):
+        return "no data.pkl in the archive"
+    return None
+
+
+def is_valid_checkpoint(path: str | Path) -> bool:
+    return checkpoint_problem(path) is None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """TorchCheckpointIO that writes via a temporary file + rename and checks files at load.
+
+    `remove_checkpoint` never deletes the last valid checkpoint of a directory, so a keep-last-N
+    policy cannot leave a run with nothing to resume from.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                # the data must be on disk before the rename makes it the checkpoint
+                os.fsync(handle.fileno())
+            problem = checkpoint_problem(tmp)
+            if problem:
+                raise CorruptCheckpointError(
+                    f"{path}: freshly written checkpoint is bad: {problem}"
+                )
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        problem = checkpoint_problem(path)
+        if problem:
+            raise CorruptCheckpointError(f"checkpoint {path} cannot be loaded: {problem}")
+        try:
+            return super().load_checkpoint(
+                path, map_location=map_location, weights_only=weights_only
+            )
+        except Exception as err:  # unpickling errors come in many types
+            raise CorruptCheckpointError(f"checkpoint {path} cannot be loaded: {err}") from err
+
+    def remove_checkpoint(self, path: str | Path) -> None:
+        path = Path(path)
+        others = [p for p in path.parent.glob("*.ckpt") if p != path and is_valid_checkpoint(p)]
+        if not others and is_valid_checkpoint(path):
+            log.warning("keeping %s: it is the only valid checkpoint left in %s", path, path.parent)
+            return
+        super().remove_checkpoint(path)  # recursive: sharded checkpoints are directories
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def find_resume_checkpoint(directory: str | Path) -> Path | None:
+    """The newest valid checkpoint (`*.ckpt`, by modification time) under `directory`.
+
+    Damaged files are skipped with a warning, so a crash while the newest was being written
+    (or a corrupted newest file) falls back to the previous good one. None: nothing to resume.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    candidates = sorted(directory.glob("*.ckpt"), key=_newest_first_key)
+    for candidate in candidates:
+        problem = checkpoint_problem(candidate)
+        if problem is None:
+            return candidate
+        log.warning("skipping checkpoint %s: %s", candidate, problem)
+    return None
+
+
+def _newest_first_key(path: Path) -> tuple[float, int]:
+    # last.ckpt and the step file of the same save share an mtime; prefer last.ckpt then
+    return (-path.stat().st_mtime, 0 if path.name == "last.ckpt" else 1)
+
+
+def resolve_ckpt_path(
+    ckpt_path: str | None, auto_resume: bool, checkpoint_dir: str | Path
+) -> str | None:
+    """What to hand `trainer.fit(ckpt_path=...)`: an explicit path, or with `auto_resume` (or
+    `ckpt_path=auto`) the newest valid checkpoint of the run (None: start fresh)."""
+    if ckpt_path not in (None, AUTO):
+        problem = checkpoint_problem(ckpt_path)
+        if problem:
+            raise CorruptCheckpointError(f"ckpt_path={ckpt_path}: {problem}")
+        return str(ckpt_path)
+    if ckpt_path == AUTO or auto_resume:
+        found = find_resume_checkpoint(checkpoint_dir)
+        if found is None:
+            log.info("auto_resume: no valid checkpoint under %s, starting fresh", checkpoint_dir)
+            return None
+        log.info("auto_resume: resuming from %s", found)
+        return str(found)
+    return None
+
+
+def read_callback_state(ckpt_path: str | Path, key: str) -> Any:
+    """A value the resume callback stored in a checkpoint (None where absent), read before the
+    trainer exists, e.g. the W&B run id the logger must be built with."""
+    path = Path(ckpt_path)
+    if path.is_dir():
+        # a sharded checkpoint keeps everything but the weights and optimizer in meta.pt
+        path = path / "meta.pt"
+        if not path.is_file():
+            return None
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    else:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    for state in checkpoint.get("callbacks", {}).values():
+        if isinstance(state, dict) and key in state:
+            return state[key]
+    return None
+
+
+def reliability_plugins(cfg: Any) -> list[Any]:
+    """Trainer plugins from the config: atomic checkpoint files unless `atomic_checkpoints=false`
+    (e.g. for a strategy with its own distributed checkpoint writer)."""
+    return [AtomicCheckpointIO()] if cfg.get("atomic_checkpoints", True) else []
+
+
+def prepare_resume(cfg: Any) -> str | None:
+    """The checkpoint to fit from (see `resolve_ckpt_path`); when there is one, point the W&B
+    logger config at the run the checkpoint was logging to, so the resumed run continues it."""
+    from omegaconf import open_dict
+
+    from pippo_lightning.callbacks.reliability import WANDB_RUN_ID_KEY
+
+    checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"
+    ckpt_path = resolve_ckpt_path(
+        cfg.get("ckpt_path"), bool(cfg.get("auto_resume", False)), checkpoint_dir
+    )
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if ckpt_path is None or wandb_cfg is None:
+        return ckpt_path
+    run_id = read_callback_state(ckpt_path, WANDB_RUN_ID_KEY)
+    if run_id:
+        with open_dict(wandb_cfg):
+            wandb_cfg.run_id = run_id
+            wandb_cfg.resume = "allow"
+        log.info("resuming W&B run %s", run_id)
+    return ckpt_path
