@@ -40,6 +40,7 @@ import yaml
 from torch import Tensor
 
 from pippo_lightning.errors import PippoError
+from pippo_lightning.metrics.report import metrics_table
 
 log = logging.getLogger(__name__)
 
@@ -327,14 +328,6 @@ def build_bundle(
 
 
 # ------------------------------------------------------------------------------ model card
-def _fmt(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def _data_line(config: Mapping[str, Any]) -> str:
     data = config.get("data")
     if not isinstance(data, Mapping):
@@ -418,7 +411,6 @@ def model_card(
 def _metrics_section(report: Mapping[str, Any] | None) -> list[str]:
     if report is None:
         return ["## Evaluation", "", "No pippo-eval report was attached.", ""]
-    m = report.get("metrics", {})
     data = report.get("data", {})
     lines = [
         "## Evaluation (pippo-eval)",
@@ -427,18 +419,8 @@ def _metrics_section(report: Mapping[str, Any] | None) -> list[str]:
         f"{data.get('views_per_subject')} views each at {data.get('image_size')} px"
         f" (checkpoint step {report.get('global_step')}).",
         "",
-        "| metric | generated | ground truth |",
-        "|---|---|---|",
-        f"| reprojection error, % of max(H, W) | {_fmt(m.get('reprojection_error_pct'))} "
-        f"| {_fmt(m.get('gt_reprojection_error_pct'))} |",
+        *metrics_table(report),
     ]
-    for key, label, digits in (
-        ("psnr", "PSNR (dB)", 2),
-        ("ssim", "SSIM", 4),
-        ("lpips", "LPIPS", 4),
-    ):
-        if key in m:
-            lines.append(f"| {label} | {_fmt(m.get(key), digits)} | - |")
     return [*lines, ""]
 
 

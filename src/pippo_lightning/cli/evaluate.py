@@ -49,6 +49,7 @@ from pippo_lightning.inference import (
     with_seed,
 )
 from pippo_lightning.metrics.image import ImageMetrics, per_view_psnr, per_view_ssim
+from pippo_lightning.metrics.report import format_value, metrics_table
 from pippo_lightning.metrics.reprojection import ReprojectionError
 from pippo_lightning.stages.base import PippoStage
 from pippo_lightning.stages.config import ConfigError, SamplingConfig
@@ -270,16 +271,8 @@ def write_report(out: Path, report: dict[str, Any]) -> tuple[Path, Path]:
     return json_path, md_path
 
 
-def _fmt(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def markdown_report(report: dict[str, Any]) -> str:
-    m, data = report["metrics"], report["data"]
+    data = report["data"]
     sampling = report["sampling"]
     lines = ["# pippo-eval report", ""]
     if report["checkpoint"]:
@@ -295,39 +288,17 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"seed {sampling['seed']} (+ batch index)"
         )
     settings = report["reprojection_settings"]
-
-    def generated(key: str, digits: int = 2) -> str:
-        # gt_only: no model was run, so there is nothing generated to report.
-        return _fmt(m.get(key), digits) if report["checkpoint"] else "-"
-
     lines += [
         f"- reprojection: matcher {settings.get('matcher')}, {settings.get('pairs')} pairs, "
         f">= {settings.get('min_matches')} matches per pair",
         "",
-        "| metric | generated | ground truth (floor) |",
-        "|---|---|---|",
-        f"| reprojection error, % of max(H, W) | {generated('reprojection_error_pct')} | "
-        f"{_fmt(m.get('gt_reprojection_error_pct'))} |",
-        f"| reprojection error, px | {generated('reprojection_error_px')} | "
-        f"{_fmt(m.get('gt_reprojection_error_px'))} |",
-        f"| failed / tried pairs | {generated('reprojection_failed_pairs')} / "
-        f"{generated('reprojection_pairs')} | {_fmt(m.get('gt_reprojection_failed_pairs'))} / "
-        f"{_fmt(m.get('gt_reprojection_pairs'))} |",
+        *metrics_table(report),
     ]
-    for name, label, digits in (
-        ("psnr", "PSNR, dB", 2),
-        ("ssim", "SSIM", 4),
-        ("lpips", "LPIPS", 4),
-    ):
-        if name in m:
-            lines.append(f"| {label} | {_fmt(m[name], digits)} | - |")
-        elif name in report["skipped"]:
-            lines.append(f"| {label} | skipped: {report['skipped'][name]} | - |")
     if report["per_view"]:
         names = list(report["per_view"])
         lines += ["", "| view | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         for k in range(len(report["per_view"][names[0]])):
-            values = " | ".join(_fmt(report["per_view"][n][k], 3) for n in names)
+            values = " | ".join(format_value(report["per_view"][n][k], 3) for n in names)
             lines.append(f"| {k} | {values} |")
     lines += [
         "",
