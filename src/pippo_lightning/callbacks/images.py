@@ -52,3 +52,14 @@ def write_image_atomic(path: Path, image: np.ndarray) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def generated_outputs(is_global_zero: bool, outputs: object) -> dict[str, Tensor] | None:
+    """A validation step's outputs when they carry generated views [B, NV, 3, H, W] and this is
+    rank 0 (media are written once), else None."""
+    if not is_global_zero or not isinstance(outputs, dict):
+        return None
+    generated = outputs.get("generated")
+    if not isinstance(generated, Tensor) or generated.ndim != 5:
+        return None
+    return outputs

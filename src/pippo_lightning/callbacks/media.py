@@ -20,9 +20,8 @@ import imageio.v3 as iio
 import lightning as L
 import numpy as np
 from lightning.pytorch.loggers import WandbLogger
-from torch import Tensor
 
-from pippo_lightning.callbacks.images import to_uint8
+from pippo_lightning.callbacks.images import generated_outputs, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +157,10 @@ class TurntableVideoLogger(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not trainer.is_global_zero or not isinstance(outputs, dict):
+        found = generated_outputs(trainer.is_global_zero, outputs)
+        if found is None:
             return
-        generated = outputs.get("generated")
-        if not isinstance(generated, Tensor) or generated.ndim != 5:
-            return
-        for views in generated[: self.max_samples - len(self._clips)]:
+        for views in found["generated"][: self.max_samples - len(self._clips)]:
             self._clips.append(to_uint8(views))  # copies to CPU now: the batch is freed after
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

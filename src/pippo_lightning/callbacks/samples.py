@@ -10,7 +10,7 @@ import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
-from pippo_lightning.callbacks.images import view_grid, write_image_atomic
+from pippo_lightning.callbacks.images import generated_outputs, view_grid, write_image_atomic
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +39,8 @@ class SampleGridLogger(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if (
-            not trainer.is_global_zero
-            or not isinstance(outputs, dict)
-            or "generated" not in outputs
-        ):
+        outputs = generated_outputs(trainer.is_global_zero, outputs)
+        if outputs is None:
             return
         for i in range(outputs["generated"].shape[0]):
             if len(self._rows) >= self.max_rows:

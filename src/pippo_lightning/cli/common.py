@@ -208,3 +208,20 @@ def install_ddp_child_command() -> None:
     from lightning.pytorch.strategies.launchers import subprocess_script
 
     subprocess_script._hydra_subprocess_cmd = ddp_child_command
+
+
+EXIT_USER_ERROR = 2
+
+
+def run_subcommand(args: Any) -> int:
+    """Run an argparse subcommand (`args.handler`) with `--verbose` logging; user errors become
+    one `error:` line and exit code 2, as in the Hydra entry points."""
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        format="%(levelname)s: %(message)s",
+    )
+    try:
+        return args.handler(args)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR

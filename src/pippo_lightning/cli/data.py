@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pippo_lightning.cli.common import run_subcommand
 from pippo_lightning.errors import PippoError
 
 log = logging.getLogger("pippo_lightning.data")
 
 EXIT_PROBLEMS = 1
-EXIT_USER_ERROR = 2
 
 
 # ----------------------------------------------------------------------------- subcommands
@@ -307,19 +307,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s: %(message)s",
-    )
-    from pippo_lightning.compressors.base import CompressorLoadError
-
-    try:
-        code = args.handler(args)
-    except (PippoError, CompressorLoadError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        code = EXIT_USER_ERROR
-    return code
+    return run_subcommand(_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

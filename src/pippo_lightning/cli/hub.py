@@ -11,13 +11,10 @@ line and exit 2.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
-from pippo_lightning.errors import PippoError
-
-EXIT_USER_ERROR = 2
+from pippo_lightning.cli.common import run_subcommand
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -74,16 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s: %(message)s",
-    )
-    try:
-        return args.handler(args)
-    except (PippoError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    return run_subcommand(_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
