@@ -48,8 +48,8 @@ test-slow: $(STAMP) ## run only the slow end-to-end tests
 test-all: $(STAMP) ## run every test, slow ones included
 	$(PY) -m pytest -q $(ARGS)
 
-test-faults: $(STAMP) ## fault injection: corrupt checkpoints, NaN batches, SIGTERM/SIGUSR1, kill + resume (slow ones included)
-	$(PY) -m pytest -q tests/test_faults.py tests/test_resume.py $(ARGS)
+test-faults: $(STAMP) ## fault injection: corrupt checkpoints, disk full, NaN (DDP too), SIGTERM/SIGUSR1, kill + resume, malformed configs (slow ones included)
+	$(PY) -m pytest -q tests/test_faults.py tests/test_resume.py tests/test_preflight.py $(ARGS)
 
 lint: $(STAMP) ## ruff lint + format check
 	$(VENV)/bin/ruff check src tests

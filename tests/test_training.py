@@ -23,8 +23,14 @@ def test_tiny_run_trains_checkpoints_and_logs_offline(compose_config, tmp_path: 
     run_dir = tmp_path / "run"
 
     assert result.trainer.global_step == 4
-    for key in ("train/loss", "val/loss", "val/psnr", "val/psnr_copy_reference"):
+    for key in ("train/loss", "val/loss", "val/psnr", "val/psnr_copy_reference", "val/ssim"):
         assert math.isfinite(result.metrics[key]), key
+    # per-view image metrics of the sampled validation views (ImageMetrics, one per view)
+    num_views = cfg.num_views
+    for name in ("psnr", "ssim"):
+        per_view = [result.metrics[f"val/{name}_view{k}"] for k in range(num_views)]
+        assert all(math.isfinite(v) for v in per_view), name
+    assert f"val/ssim_view{num_views}" not in result.metrics
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert sorted(p.name for p in (run_dir / "samples").glob("*.png")) == [
         "val_step0000002.png",
@@ -36,6 +42,7 @@ def test_tiny_run_trains_checkpoints_and_logs_offline(compose_config, tmp_path: 
     assert history.config["config"]["model"]["size"] == "micro"
     logged = set().union(*(row.keys() for row in history.rows))
     assert {"train/loss", "train/grad_norm", "lr", "val/psnr", "train/samples_per_sec"} <= logged
+    assert {"val/ssim", "val/ssim_view0", "val/psnr_view0"} <= logged
 
     # The checkpoint restores a stage whose predictions equal the trained one's exactly.
     stage = result.stage.eval()
@@ -106,3 +113,14 @@ def test_vae_hub_id_without_network_is_one_clear_error(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     (line,) = error_lines(proc.stderr)
     assert "stabilityai/sdxl-vae" in line
+
+
+def test_a_run_without_any_logger_trains_and_checkpoints(compose_config, tmp_path: Path) -> None:
+    """logger=none: no experiment logger (the learning-rate monitor, which needs one, is
+    dropped); the run still trains, validates and checkpoints."""
+    cfg = compose_config(*TINY_RUN, "logger=none", "trainer.max_steps=2")
+    result = train(cfg)
+    assert result.trainer.global_step == 2 and not result.trainer.loggers
+    assert math.isfinite(result.metrics["val/psnr"])
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert not list((tmp_path / "run").glob("wandb"))

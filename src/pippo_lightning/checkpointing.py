@@ -7,8 +7,10 @@ time a damaged file is reported by name instead of as an unpickling traceback.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,18 @@ AUTO = "auto"
 
 class CorruptCheckpointError(PippoError):
     """A checkpoint file that is truncated, damaged or not a Lightning checkpoint."""
+
+
+class CheckpointWriteError(PippoError):
+    """A checkpoint could not be written for lack of space; the previous one is untouched."""
+
+
+#: errno values that mean "the storage cannot take more bytes" (not a bug, not a bad path)
+_NO_SPACE = {
+    errno.ENOSPC: "no space left on device (the disk is full)",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large (file system or process file-size limit)",
+}
 
 
 def checkpoint_problem(path: str | Path) -> str | None:
@@ -84,6 +98,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                     f"{path}: freshly written checkpoint is bad: {problem}"
                 )
             os.replace(tmp, path)
+        except Exception as err:
+            reason = _no_space_reason(err)
+            if reason is None:
+                raise
+            # the partial file goes first, so the message reports the space really left
+            tmp.unlink(missing_ok=True)
+            raise CheckpointWriteError(_no_space_message(path, reason)) from err
         finally:
             tmp.unlink(missing_ok=True)
         _fsync_dir(path.parent)
@@ -108,6 +129,41 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             log.warning("keeping %s: it is the only valid checkpoint left in %s", path, path.parent)
             return
         super().remove_checkpoint(path)  # recursive: sharded checkpoints are directories
+
+
+def _no_space_reason(err: BaseException) -> str | None:
+    """Why `err` means the storage is full, or None when it is another failure.
+
+    torch.save reports a full disk as a RuntimeError of its zip writer ("unexpected pos ...")
+    raised while handling the OSError(ENOSPC) of the write underneath, so the whole chain of
+    causes and contexts is searched.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _NO_SPACE:
+            return _NO_SPACE[current.errno]
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _no_space_message(path: Path, reason: str) -> str:
+    """One line: which file, why, how much room is left, and what survived."""
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.2f} MiB free in {path.parent}"
+    except OSError:
+        free = f"free space in {path.parent} unknown"
+    kept = (
+        f"the previous {path.name} is intact"
+        if is_valid_checkpoint(path)
+        else f"the checkpoints already in {path.parent} are untouched"
+    )
+    return (
+        f"cannot write checkpoint {path}: {reason}; {free}; the partial file was removed and "
+        f"{kept}. Free space (or set callbacks.model_checkpoint.dirpath elsewhere, or keep fewer "
+        "checkpoints) and rerun with auto_resume=true"
+    )
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -191,6 +247,14 @@ def reliability_plugins(cfg: Any) -> list[Any]:
     return [AtomicCheckpointIO()] if cfg.get("atomic_checkpoints", True) else []
 
 
+def run_checkpoint_dir(cfg: Any) -> Path:
+    """Where the run's checkpoints go: the checkpoint callback's `dirpath` (which may point at
+    another disk), else `<output_dir>/checkpoints`."""
+    callback = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
+    dirpath = callback.get("dirpath")
+    return Path(dirpath) if dirpath else Path(cfg.paths.output_dir) / "checkpoints"
+
+
 def prepare_resume(cfg: Any) -> str | None:
     """The checkpoint to fit from (see `resolve_ckpt_path`); when there is one, point the W&B
     logger config at the run the checkpoint was logging to, so the resumed run continues it."""
@@ -198,9 +262,8 @@ def prepare_resume(cfg: Any) -> str | None:
 
     from pippo_lightning.callbacks.reliability import WANDB_RUN_ID_KEY
 
-    checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"
     ckpt_path = resolve_ckpt_path(
-        cfg.get("ckpt_path"), bool(cfg.get("auto_resume", False)), checkpoint_dir
+        cfg.get("ckpt_path"), bool(cfg.get("auto_resume", False)), run_checkpoint_dir(cfg)
     )
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
     if ckpt_path is None or wandb_cfg is None:

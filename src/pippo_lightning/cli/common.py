@@ -38,7 +38,10 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 
 def fail(message: str, code: int = 2) -> None:
     """Print one clear error line and exit non-zero."""
-    print(f"error: {message}", file=sys.stderr)
+    # one write of the whole line: stderr writes through, so print()'s separate write of the
+    # newline would let the ranks of a DDP run, failing together, interleave their lines
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
     sys.exit(code)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
@@ -25,6 +26,7 @@ from pippo_lightning.cli.common import (
     resolved_config,
 )
 from pippo_lightning.hub import log_artifacts_if_enabled
+from pippo_lightning.preflight import validate_run_config
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,9 @@ class TrainResult:
 
 def train(cfg: DictConfig) -> TrainResult:
     """Fit the configured stage; returns the final metrics and the objects it built."""
+    # issue #7: a malformed config fails here, with one message, before data, weights, model
+    # or trainer exist
+    validate_run_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
 
@@ -51,6 +56,10 @@ def train(cfg: DictConfig) -> TrainResult:
     ckpt_path = prepare_resume(cfg)
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
+    if not loggers:
+        # logger=none: Lightning's LearningRateMonitor refuses to run without a logger, and
+        # there is nowhere for its values to go anyway
+        callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers, plugins=reliability_plugins(cfg)
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +32,13 @@ class Compressor(nn.Module, ABC):
 
     latent_channels: int
     downsample_factor: int
+
+    @classmethod
+    def latent_geometry(cls, **settings: Any) -> tuple[int, int] | None:
+        """(downsample_factor, latent_channels) of a compressor built with ``settings`` (its
+        constructor's arguments), known without loading any weights; None where only loading
+        tells. Lets a run's config be checked (patch grid, init checkpoint shapes) up front."""
+        return None
 
     def __init__(self, chunk_size: int | None = None) -> None:
         super().__init__()

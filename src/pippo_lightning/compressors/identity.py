@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -16,12 +18,15 @@ class IdentityCompressor(Compressor):
     CPU demos and tests without a VAE. ``decode`` inverts ``encode`` exactly.
     """
 
+    @classmethod
+    def latent_geometry(cls, space_to_depth: int = 1, **settings: Any) -> tuple[int, int]:
+        return space_to_depth, IMAGE_CHANNELS * space_to_depth**2
+
     def __init__(self, space_to_depth: int = 1, chunk_size: int | None = None) -> None:
         super().__init__(chunk_size=chunk_size)
         if space_to_depth < 1:
             raise ValueError(f"space_to_depth={space_to_depth}: must be >= 1")
-        self.downsample_factor = space_to_depth
-        self.latent_channels = IMAGE_CHANNELS * space_to_depth**2
+        self.downsample_factor, self.latent_channels = self.latent_geometry(space_to_depth)
         self.freeze()
 
     def _encode(self, images: Tensor) -> Tensor:

@@ -8,9 +8,10 @@ directory or already sit in the Hugging Face cache, and anything else fails fast
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -109,6 +110,12 @@ def weights_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def _geometry(block_out_channels: list[int], latent_channels: int) -> tuple[int, int]:
+    """(downsample factor, latent channels) of an AutoencoderKL config: one 2x downsampling
+    per block after the first."""
+    return 2 ** (len(block_out_channels) - 1), int(latent_channels)
+
+
 class SDXLVAECompressor(Compressor):
     """Frozen SDXL ``AutoencoderKL``: images [..., 3, H, W] <-> scaled latents [..., 4, H/8, W/8].
 
@@ -117,6 +124,19 @@ class SDXLVAECompressor(Compressor):
     precision (note: the original SDXL VAE overflows in fp16; use bf16 or an fp16-fixed VAE).
     The latent size comes from the loaded config: one 2× downsampling per block after the first.
     """
+
+    @classmethod
+    def latent_geometry(
+        cls, pretrained: str = DEFAULT_PRETRAINED, subfolder: str | None = None, **settings: Any
+    ) -> tuple[int, int] | None:
+        """From a local directory's config.json (as loading computes it); None for a hub id or
+        an unreadable config: the loader reports those when it runs."""
+        path = Path(pretrained).expanduser() / (subfolder or "") / "config.json"
+        try:
+            config = json.loads(path.read_text())
+            return _geometry(config["block_out_channels"], config["latent_channels"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def __init__(
         self,
@@ -136,8 +156,9 @@ class SDXLVAECompressor(Compressor):
             pretrained, subfolder, allow_download, resolve_dtype(dtype), cache_dir, revision
         )
         config = self.vae.config
-        self.latent_channels = int(config.latent_channels)
-        self.downsample_factor = 2 ** (len(config.block_out_channels) - 1)
+        self.downsample_factor, self.latent_channels = _geometry(
+            config.block_out_channels, config.latent_channels
+        )
         self.scale_factor = float(config.scaling_factor if scale_factor is None else scale_factor)
         self.shift_factor = float(shift_factor)
         self.sample_posterior = sample_posterior

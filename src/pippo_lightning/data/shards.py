@@ -270,6 +270,20 @@ class ShardReader:
                 sample[key] = tensor
         return sample
 
+    def shape(self, index: int, key: str) -> tuple[int, ...] | None:
+        """Shape of tensor ``key`` of sample ``index`` from the shard header alone (no data
+        read); None when the sample has no such tensor."""
+        shard, local = self.locate(index)
+        info = self.entries(shard)[local]["keys"].get(key)
+        if info is None or "json" in info:
+            return None
+        try:
+            return tuple(self._handle(shard).get_slice(_tensor_name(local, key)).get_shape())
+        except Exception as error:
+            raise SampleError(
+                f"{self.files[shard]}#{local}: key {key!r}: cannot read the tensor: {error}"
+            ) from error
+
     def __getstate__(self) -> dict[str, Any]:
         # Handles hold mmaps; workers started with "spawn" reopen them on first use.
         return {**self.__dict__, "_handles": {}}

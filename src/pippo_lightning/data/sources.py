@@ -115,6 +115,22 @@ def open_source(source: SourceSpec | SampleSource) -> SampleSource:
     return NpySource(files)
 
 
+def sample_view_count(source: SampleSource, index: int = 0) -> int | None:
+    """Target views of sample ``index`` (the leading axis of its ``image`` / ``video`` stack);
+    None when it has neither. A shard sample is not read: its tensor header tells the shape."""
+    if isinstance(source, ShardSource):
+        for key in ("image", "video"):
+            shape = source.reader.shape(index, key)
+            if shape:
+                return int(shape[0])
+        return None
+    sample = source.read(index)
+    for key in ("image", "video"):
+        if key in sample and getattr(sample[key], "shape", None):
+            return int(sample[key].shape[0])
+    return None
+
+
 def has_samples(directory: str | Path) -> bool:
     """True if ``directory`` holds ``*.npy`` samples or a shard index."""
     directory = Path(directory)

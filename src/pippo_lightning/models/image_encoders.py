@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,12 @@ class ImageEncoder(nn.Module):
 
     embedding_dim: int
 
+    @classmethod
+    def embedding_dim_of(cls, **settings: Any) -> int | None:
+        """``embedding_dim`` of an encoder built with ``settings`` (its constructor's
+        arguments), known without loading weights; None where only loading tells."""
+        return None
+
     def freeze(self) -> None:
         """Frozen and, like the compressor, kept out of the stage's checkpoints."""
         self.requires_grad_(False)
@@ -43,12 +50,16 @@ class ThumbnailEncoder(ImageEncoder):
     condition (who wears what colour where) until DINOv2 weights are configured.
     """
 
+    @classmethod
+    def embedding_dim_of(cls, size: int = 8, **settings: Any) -> int:
+        return 3 * size * size
+
     def __init__(self, size: int = 8) -> None:
         super().__init__()
         if size < 1:
             raise ValueError(f"ThumbnailEncoder size must be >= 1, got {size}")
         self.size = size
-        self.embedding_dim = 3 * size * size
+        self.embedding_dim = self.embedding_dim_of(size)
         self.freeze()
 
     @torch.no_grad()

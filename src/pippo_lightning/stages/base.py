@@ -26,6 +26,7 @@ from pippo_lightning.diffusion.ddim import DDIMConfig, DDIMSampler
 from pippo_lightning.diffusion.guidance import bump_cfg_scale
 from pippo_lightning.diffusion.loss import DiffusionLoss, offset_noise
 from pippo_lightning.diffusion.schedules import NoiseSchedule, ScheduleConfig
+from pippo_lightning.metrics.image import ImageMetrics
 from pippo_lightning.models.image_encoders import ImageEncoder
 from pippo_lightning.models.pippo import Pippo, PippoConfig, count_parameters, pippo_config
 from pippo_lightning.stages.config import (
@@ -156,6 +157,8 @@ class PippoStage(L.LightningModule):
         )
         self.sampling = coerce(SamplingConfig, sampling, "stage.sampling")
         self.validation_config = coerce(ValidationConfig, validation, "stage.validation")
+        #: PSNR / SSIM (/ LPIPS) of the sampled validation views, per view and averaged
+        self.val_image_metrics = ImageMetrics(lpips=self.validation_config.lpips)
         self.ema_config = coerce(EMAConfig, ema, "stage.ema")
         self.ema = (
             EMA(self.model, self.ema_config.decay, self.ema_config.warmup)
@@ -391,8 +394,18 @@ class PippoStage(L.LightningModule):
         # EMA right after the weights change, not in on_train_batch_end: checkpoint callbacks
         # save in their on_train_batch_end, which runs before the module's, and a checkpoint of
         # step k must hold step k's average for a resumed run to match (issue #7)
-        if self.ema is not None:
+        if self.ema is not None and self._weights_were_stepped():
             self.ema.update(self.model)
+
+    def _weights_were_stepped(self) -> bool:
+        """False when no trainable weight had a gradient at this optimizer step.
+
+        The non-finite guard skips a NaN/Inf step by dropping every gradient (AdamW then leaves
+        each weight and its moments untouched); the average must stay put too, or it would
+        move and count an update for a step that never happened. The guard's verdict is
+        reduced over ranks, so every rank takes the same branch here.
+        """
+        return any(p.grad is not None for p in self.model.parameters() if p.requires_grad)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # the same on every rank already (DDP averages, FSDP shards are reduced once inside)
@@ -497,6 +510,11 @@ class PippoStage(L.LightningModule):
         )
         return self.decode_views(x0)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Which stage wrote it: loaders then refuse another stage's checkpoint by name instead
+        # of failing on its first missing tensor (see inference.load_stage).
+        checkpoint[STAGE_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+
     # ----------------------------------------------------------------- validation
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor] | None:
         latents = self.to_latents(batch)
@@ -521,10 +539,24 @@ class PippoStage(L.LightningModule):
         if "ref_image" not in batch:
             return {"generated": generated, "target": target, "reference": target[:, :1]}
         reference = batch["ref_image"].expand_as(target)
+        self.val_image_metrics.update(generated.float(), target.float())
         self.log("val/psnr", psnr(generated, target), batch_size=b, sync_dist=True)
         # The trivial baseline: copy the reference photo into every target view.
         self.log("val/psnr_copy_reference", psnr(reference, target), batch_size=b, sync_dist=True)
         return {"generated": generated, "target": target, "reference": batch["ref_image"]}
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.val_image_metrics.update_called:
+            return  # no batch was sampled (sample_batches=0, or no reference photos)
+        # compute() gathers the per-view scores of every rank; each rank logs the same values.
+        scores = self.val_image_metrics.compute()
+        # val/psnr is logged per batch above (with the copy-the-reference baseline beside it)
+        self.log_dict({f"val/{name}": value for name, value in scores.items() if name != "psnr"})
+        self.val_image_metrics.reset()
+
+
+#: Checkpoint entry naming the stage class that saved it ("package.module.Class").
+STAGE_CLASS_KEY = "pippo_stage_class"
 
 
 def sample_noise(shape: torch.Size, indices: Tensor, offset: int = 0) -> Tensor:

@@ -7,9 +7,15 @@ means a misspelt key or an out-of-range value fails with one message before any 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+from pippo_lightning.diffusion.ddim import DDIMConfig
 
 T = TypeVar("T")
 
@@ -45,7 +51,71 @@ def coerce(cls: type[T], value: T | Mapping[str, Any] | None, where: str) -> T:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
     kwargs = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in value.items()}
+    check_field_types(cls, kwargs, where)
     return cls(**kwargs)
+
+
+def check_field_types(cls: type, values: Mapping[str, Any], where: str) -> None:
+    """Raise ConfigError naming `where.key` when a value does not have its field's type.
+
+    Without this a string where a number belongs (YAML reads `1e-4` as a string) fails deep
+    inside a comparison with a TypeError that names neither the key nor the value.
+    """
+    try:
+        hints = typing.get_type_hints(cls)
+    except NameError:  # an annotation only a type checker resolves: nothing to check against
+        return
+    for name, value in values.items():
+        hint = hints.get(name)
+        if hint is not None and not matches_type(value, hint):
+            got = (
+                f"a list of {len(value)}"
+                if isinstance(value, Sequence) and not isinstance(value, str)
+                else f"a {type(value).__name__}"
+            )
+            raise ConfigError(
+                f"{where}.{name}={value!r}: expected {describe_type(hint)}, got {got}"
+            )
+
+
+def matches_type(value: Any, hint: Any) -> bool:
+    """Whether `value` fits the annotation `hint` (the simple ones settings use: bool, int,
+    float, str, unions / optionals and tuples); unknown annotations accept anything."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(matches_type(value, arg) for arg in args)
+    if origin is tuple:
+        # any sequence: Hydra hands over ListConfig, YAML lists, tuples
+        if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(matches_type(v, args[0]) for v in value)
+        return len(value) == len(args) and all(map(matches_type, value, args))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    # numbers.*: numpy scalars count too; an int is a fine float (`lr: 1`), a bool is neither
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def describe_type(hint: Any) -> str:
+    """`float | None` -> "a number or null", for error messages in config terms."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(describe_type(arg) for arg in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {describe_type(args[0]).removeprefix('a ').removeprefix('an ')}s"
+        return f"a list of {len(args)} values"
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    return "null" if hint is type(None) else names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 @dataclass(frozen=True)
@@ -61,10 +131,15 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
-        if self.lr <= 0:
-            raise ConfigError(f"optimizer.lr must be > 0, got {self.lr}")
+        # `not x > 0` rather than `x <= 0`: NaN fails every comparison and must be refused too
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"optimizer.lr must be a finite number > 0, got {self.lr}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"optimizer.betas must be two values in [0, 1), got {self.betas}")
+        if not self.eps > 0:
+            raise ConfigError(f"optimizer.eps must be > 0, got {self.eps}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
         if self.warmup_steps < 0:
             raise ConfigError(f"optimizer.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 < self.warmup_start_lr <= self.lr:
@@ -132,6 +207,22 @@ class SamplingConfig:
             raise ConfigError(
                 f"sampling.uncond_drops has unknown condition(s) {unknown}; expected some of {list(CONDITIONS)}"
             )
+        # the sampler checks eta, cfg_rescale and clip_x0 itself, but only when it is built
+        # at the first validation, after training steps: ask it now
+        try:
+            self.ddim_config()
+        except ValueError as err:
+            raise ConfigError(f"sampling: {err}") from err
+
+    def ddim_config(self) -> DDIMConfig:
+        """The DDIM sampler's settings for these sampling settings."""
+        return DDIMConfig(
+            num_steps=self.num_steps,
+            eta=self.eta,
+            cfg_scale=self.cfg_scale,
+            cfg_rescale=self.cfg_rescale,
+            clip_x0=self.clip_x0,
+        )
 
 
 @dataclass(frozen=True)
@@ -153,8 +244,13 @@ class ValidationConfig:
 
     sample_batches: int = 2
     loss_timesteps: tuple[int, ...] = field(default=(100, 500, 900))
+    #: LPIPS of the generated views: "auto" (when torchvision and its backbone weights are on
+    #: this machine), True (required), False; PSNR and SSIM are always scored
+    lpips: bool | str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loss_timesteps", tuple(self.loss_timesteps))
+        if self.lpips not in (True, False, "auto"):
+            raise ConfigError(f"validation.lpips must be true, false or auto, got {self.lpips!r}")
         if self.sample_batches < 0:
             raise ConfigError(f"validation.sample_batches must be >= 0, got {self.sample_batches}")

@@ -1,0 +1,387 @@
+"""Check a training run's config before any work starts (issue #7).
+
+`pippo-train` calls :func:`validate_run_config` first: a malformed config fails with one
+:class:`ConfigError` naming the key, its value and what was expected — before data are generated
+or read, weights are loaded, a model is built or a trainer exists, so nothing is written beyond
+Hydra's own ``.hydra/`` and log file. The checks, cheapest first:
+
+- settings: the stage's typed settings (types and ranges), the run's sizes and counts, and the
+  settings that constrain each other (sampling steps and validation timesteps against the noise
+  schedule);
+- views: the target views asked for against the views one sample has (the synthetic studio's
+  cameras, or the first sample of a dataset on disk — a shard is not even read, only its
+  tensor header);
+- model: a dry build of the stage on the meta device (no memory, no weights) runs every check
+  the stage makes when it is built for real — the patch grid among them — and gives the weight
+  shapes an init checkpoint (``stage.init_from``) must match; the checkpoint is memory-mapped,
+  so only its key table is read.
+
+The stage and data modules keep their own checks for programmatic use; this module reuses
+them (through the dry build and the settings dataclasses) rather than restating them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from pippo_lightning.checkpointing import checkpoint_problem
+from pippo_lightning.compressors.base import Compressor
+from pippo_lightning.data.sources import has_samples, open_source, sample_view_count
+from pippo_lightning.data.synthetic_studio import StudioConfig
+from pippo_lightning.diffusion.ddim import leading_timesteps
+from pippo_lightning.diffusion.schedules import ScheduleConfig
+from pippo_lightning.errors import PippoError
+from pippo_lightning.models.image_encoders import ImageEncoder
+from pippo_lightning.stages.config import (
+    ConditionDropout,
+    ConfigError,
+    EMAConfig,
+    OptimizerConfig,
+    SamplingConfig,
+    ValidationConfig,
+    coerce,
+    plain,
+)
+
+log = logging.getLogger(__name__)
+
+#: the stage's typed settings, by key under `stage`
+STAGE_SETTINGS: dict[str, type] = {
+    "optimizer": OptimizerConfig,
+    "condition_dropout": ConditionDropout,
+    "sampling": SamplingConfig,
+    "ema": EMAConfig,
+    "validation": ValidationConfig,
+    "schedule": ScheduleConfig,
+}
+#: modules a stage adds at zero output (README, "The three stages"): an init checkpoint from an
+#: earlier stage may lack them. Everything else — the DiT backbone above all — must be there.
+ADDED_MODULES = ("ref_encoder", "camera_mlp", "control_mlp", "global_embedding")
+#: where a stage checkpoint keeps the model's weights, preferred first (as
+#: stages.base.load_stage_weights reads them: the EMA where there is one)
+WEIGHT_PREFIXES = ("ema.shadow.", "model.")
+
+Shapes = dict[str, tuple[int, ...]]
+
+
+def validate_run_config(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first thing wrong with `cfg` (see the module docstring)."""
+    check_settings(cfg)
+    check_views(cfg)
+    check_model(cfg)
+
+
+# --------------------------------------------------------------------------- settings
+def check_settings(cfg: DictConfig) -> None:
+    """Types and ranges of the stage settings and the run's sizes, and their cross-checks."""
+    stage = cfg.stage
+    settings = {
+        key: build_settings(cls, stage.get(key), f"stage.{key}")
+        for key, cls in STAGE_SETTINGS.items()
+    }
+    for key in ("image_size", "num_views"):
+        if key in cfg:
+            require_int(cfg[key], key, minimum=1)
+    require_number(stage.get("noise_offset", 0.0), "stage.noise_offset", minimum=0.0)
+    check_data_sizes(cfg.data)
+    check_against_schedule(settings["schedule"], settings["sampling"], settings["validation"])
+    check_warmup(settings["optimizer"], cfg.trainer)
+
+
+def build_settings(cls: type, value: Any, where: str) -> Any:
+    """The settings dataclass `cls` from the config node; every failure a ConfigError."""
+    try:
+        return coerce(cls, None if value is None else plain(value), where)
+    except (ValueError, TypeError) as err:  # ConfigError, and e.g. ScheduleConfig's own checks
+        message = str(err)
+        if message.startswith(where):
+            raise
+        # the dataclasses name keys relative to the stage ("optimizer.lr must be > 0")
+        relative = where.split(".", 1)[-1]
+        full = f"stage.{message}" if message.startswith(relative) else f"{where}: {message}"
+        raise ConfigError(full) from err
+
+
+def require_int(value: Any, key: str, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{key}={value!r}: expected an integer >= {minimum}")
+
+
+def require_number(value: Any, key: str, minimum: float) -> None:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    # `not value >= minimum` also refuses NaN
+    if not number or not value >= minimum:
+        raise ConfigError(f"{key}={value!r}: expected a number >= {minimum}")
+
+
+def check_data_sizes(data: DictConfig) -> None:
+    require_int(data.get("batch_size", 1), "data.batch_size", minimum=1)
+    if data.get("val_batch_size") is not None:
+        require_int(data.val_batch_size, "data.val_batch_size", minimum=1)
+    require_int(data.get("num_workers", 0), "data.num_workers", minimum=0)
+
+
+def check_against_schedule(
+    schedule: ScheduleConfig, sampling: SamplingConfig, validation: ValidationConfig
+) -> None:
+    """Settings only the first validation would otherwise trip over, after training steps."""
+    steps = schedule.num_timesteps
+    try:
+        leading_timesteps(steps, sampling.num_steps)
+    except ValueError as err:
+        raise ConfigError(
+            f"stage.sampling.num_steps={sampling.num_steps}: expected 1 .. {steps - 1} for "
+            f"stage.schedule.num_timesteps={steps} ({err})"
+        ) from err
+    outside = [t for t in validation.loss_timesteps if not 0 <= t < steps]
+    if outside:
+        raise ConfigError(
+            f"stage.validation.loss_timesteps={list(validation.loss_timesteps)}: {outside} "
+            f"outside [0, {steps - 1}] (stage.schedule.num_timesteps={steps})"
+        )
+
+
+def check_warmup(optimizer: OptimizerConfig, trainer: DictConfig) -> None:
+    max_steps = trainer.get("max_steps", -1)
+    require_int(max_steps, "trainer.max_steps", minimum=-1)
+    if max_steps == 0:
+        raise ConfigError("trainer.max_steps=0: expected -1 (no step limit) or >= 1")
+    # Not an error: a short smoke run (`make train trainer.max_steps=100`) keeps the recipe's
+    # warm-up and simply never reaches the full rate.
+    if max_steps > 0 and optimizer.warmup_steps > max_steps:
+        log.warning(
+            "stage.optimizer.warmup_steps=%d > trainer.max_steps=%d: the learning rate never "
+            "reaches stage.optimizer.lr=%g in this run",
+            optimizer.warmup_steps,
+            max_steps,
+            optimizer.lr,
+        )
+
+
+# --------------------------------------------------------------------------- views
+def check_views(cfg: DictConfig) -> None:
+    """The views asked for per sample must exist in every sample (checked on the first)."""
+    data = cfg.data
+    if "num_views" not in data:
+        return  # single-view photo folders (P1): one view per photo by construction
+    wanted = {
+        "train": ("data.num_views", data.num_views),
+        "val": ("data.val_num_views", data.get("val_num_views") or data.num_views),
+    }
+    for key, count in wanted.values():
+        require_int(count, key, minimum=1)
+    if data.get("synthetic") is not None:
+        check_studio_views(data.synthetic, wanted)
+        return
+    root = data_root(data)
+    for split, (key, count) in wanted.items():
+        directory = root / split
+        if split == "val" and not (directory.is_dir() and has_samples(directory)):
+            continue  # no validation split: the run trains without validating
+        # open_source names a missing directory (FileNotFoundError: one `error:` line)
+        source = open_source(directory)
+        available = sample_view_count(source, 0)
+        if available is not None and count > available:
+            raise ConfigError(
+                f"{key}={count}: the samples of {directory} have {available} views (first "
+                f"sample: {source.describe(0)}); expected {key} <= {available}"
+            )
+
+
+def check_studio_views(synthetic: DictConfig, wanted: Mapping[str, tuple[str, int]]) -> None:
+    try:
+        studio = StudioConfig.from_dict(plain(synthetic))
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"data.synthetic: {err}") from err
+    rings = [list(ring) for ring in studio.rings]
+    for key, count in wanted.values():
+        if count > studio.num_views:
+            raise ConfigError(
+                f"{key}={count}: the synthetic studio films each subject with "
+                f"{studio.num_views} cameras (data.synthetic.rings={rings}: [elevation, cameras] "
+                f"per ring); expected {key} <= {studio.num_views}, or more cameras in the rings"
+            )
+
+
+def data_root(data: DictConfig) -> Path:
+    if OmegaConf.is_missing(data, "root") or data.get("root") is None:
+        raise ConfigError(
+            "data.root is not set: expected the directory of a prepared dataset "
+            "(<root>/train and <root>/val), e.g. data.root=data/mine"
+        )
+    return Path(data.root)
+
+
+# --------------------------------------------------------------------------- model
+class _GeometryOnly(Compressor):
+    """Stands in for the configured compressor in the dry build: its latent shape, no weights."""
+
+    def __init__(self, downsample_factor: int, latent_channels: int) -> None:
+        super().__init__()
+        self.downsample_factor, self.latent_channels = downsample_factor, latent_channels
+
+    def _encode(self, images: Tensor) -> Tensor:
+        raise NotImplementedError("a dry-build stand-in does not encode")
+
+    def _decode(self, latents: Tensor) -> Tensor:
+        raise NotImplementedError("a dry-build stand-in does not decode")
+
+    def identity_key(self) -> str:
+        return f"geometry-f{self.downsample_factor}-c{self.latent_channels}"
+
+
+class _EmbeddingOnly(ImageEncoder):
+    """Stands in for the configured image encoder in the dry build: its width, no weights."""
+
+    def __init__(self, embedding_dim: int) -> None:
+        super().__init__()
+        self.embedding_dim = embedding_dim
+
+    def forward(self, images: Tensor) -> Tensor:
+        raise NotImplementedError("a dry-build stand-in does not embed")
+
+
+def check_model(cfg: DictConfig) -> None:
+    """Dry-build the stage (patch grid, stage rules) and check the init checkpoint against it."""
+    init_from = cfg.stage.get("init_from")
+    geometry = latent_geometry(cfg.compressor)
+    if geometry is None:
+        # e.g. a VAE named by hub id: its latent shape is known once it loads, and the stage's
+        # own checks run then (still before any data are touched)
+        log.info("compressor geometry unknown before loading: model checks run at stage build")
+        if init_from:
+            checkpoint_shapes(str(init_from))  # at least: the file is there and whole
+        return
+    encoder_dim, encoder_known = image_encoder_dim(cfg.stage.get("image_encoder"))
+    stage = dry_build_stage(cfg, _GeometryOnly(*geometry), encoder_dim)
+    if init_from:
+        own = {k: tuple(v.shape) for k, v in stage.model.state_dict().items()}
+        if not encoder_known:  # its width is a guess: do not judge the layers it sizes
+            own = {k: v for k, v in own.items() if not k.startswith("global_embedding.")}
+        check_init_checkpoint(str(init_from), own, describe_model(cfg, stage))
+
+
+def latent_geometry(compressor: DictConfig) -> tuple[int, int] | None:
+    """(downsample factor, latent channels) of the configured compressor, without loading it."""
+    cls = hydra.utils.get_class(compressor._target_)
+    settings = {k: v for k, v in plain(compressor).items() if not k.startswith("_")}
+    return cls.latent_geometry(**settings) if issubclass(cls, Compressor) else None
+
+
+def image_encoder_dim(encoder: DictConfig | None) -> tuple[int | None, bool]:
+    """(embedding width or None without an encoder, whether the width is known unloaded)."""
+    if encoder is None:
+        return None, True
+    cls = hydra.utils.get_class(encoder._target_)
+    settings = {k: v for k, v in plain(encoder).items() if not k.startswith("_")}
+    dim = cls.embedding_dim_of(**settings) if issubclass(cls, ImageEncoder) else None
+    return (dim, True) if dim is not None else (1, False)
+
+
+def dry_build_stage(
+    cfg: DictConfig, compressor: Compressor, encoder_dim: int | None
+) -> torch.nn.Module:
+    """The configured stage built on the meta device (no memory, no init checkpoint)."""
+    node = OmegaConf.to_container(cfg.stage, resolve=True)
+    assert isinstance(node, dict)
+    node.pop("image_encoder", None)
+    node["init_from"] = None  # checked against this build's shapes instead (check_init_checkpoint)
+    encoder = None if encoder_dim is None else _EmbeddingOnly(encoder_dim)
+    try:
+        with torch.device("meta"):
+            return hydra.utils.instantiate(node, compressor=compressor, image_encoder=encoder)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, PippoError | ConfigError):
+            raise cause from None
+        if isinstance(cause, ValueError | TypeError):
+            raise ConfigError(f"stage ({node.get('_target_')}): {cause}") from cause
+        raise
+
+
+def describe_model(cfg: DictConfig, stage: Any) -> str:
+    model = stage.model_config
+    return (
+        f"stage {cfg.get('stage_name', '?')} with model.size={cfg.stage.get('model_size')} "
+        f"(dim {model.dim}, depth {model.depth}), image_size={stage.image_size}, latents "
+        f"{model.latent_channels}x{model.latent_size}x{model.latent_size}"
+    )
+
+
+def checkpoint_shapes(path: str) -> Shapes:
+    """Weight shapes of a stage checkpoint (see WEIGHT_PREFIXES), its tensors memory-mapped."""
+    if not Path(path).is_file():
+        raise ConfigError(f"stage.init_from={path}: no such checkpoint file")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise ConfigError(f"stage.init_from={path}: not a loadable checkpoint: {problem}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # unpickling errors come in many types
+        raise ConfigError(f"stage.init_from={path}: cannot be read: {err}") from err
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else {}
+    for prefix in WEIGHT_PREFIXES:
+        shapes = {
+            k[len(prefix) :]: tuple(v.shape)
+            for k, v in state.items()
+            if k.startswith(prefix) and isinstance(v, Tensor)
+        }
+        if shapes:
+            return shapes
+    raise ConfigError(
+        f"stage.init_from={path}: no 'model.*' or 'ema.shadow.*' weights in its state_dict"
+    )
+
+
+def check_init_checkpoint(path: str, own: Shapes, model: str) -> None:
+    """The init checkpoint must fill every weight of `own` except those of modules the stage
+    adds at zero output, with the same shapes, and hold nothing the stage has no place for."""
+    source = checkpoint_shapes(path)
+    source_modules = {k.split(".")[0] for k in source}
+    missing = [k for k in sorted(set(own) - set(source)) if not may_be_absent(k, source_modules)]
+    unexpected = sorted(set(source) - set(own))
+    mismatched = [
+        f"{k}: checkpoint {source[k]} vs stage {own[k]}"
+        for k in sorted(set(source) & set(own))
+        if source[k] != own[k]
+    ]
+    problems = [
+        f"{what} ({len(keys)}): {shorten(keys)}"
+        for what, keys in (
+            ("missing from the checkpoint", missing),
+            ("shape mismatches", mismatched),
+            ("weights the stage lacks", unexpected),
+        )
+        if keys
+    ]
+    if problems:
+        raise ConfigError(
+            f"stage.init_from={path}: the checkpoint does not fit the {model}: "
+            f"{'; '.join(problems)}. Expected a checkpoint of the same model size, image size, "
+            "compressor and image encoder; only the modules a later stage adds (reference "
+            "encoder, camera MLP, ControlMLP, global embedding) may be absent"
+        )
+
+
+def may_be_absent(key: str, source_modules: set[str]) -> bool:
+    """Whether an init checkpoint may lack weight `key` of the stage's model: a module the
+    stage adds, when the checkpoint has none of it (a module it has must come whole)."""
+    module = key.split(".")[0]
+    if module == "null":
+        return True  # learned null conditions: independent vectors, each starting at zero
+    return module in ADDED_MODULES and module not in source_modules
+
+
+def shorten(keys: list[str], limit: int = 6) -> str:
+    return ", ".join(keys[:limit]) + (
+        f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
+    )
