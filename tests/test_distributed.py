@@ -176,7 +176,7 @@ def test_ddp_on_two_cpu_ranks_makes_one_run_with_metrics_reduced_over_ranks(
     single = validate_in_one_process(
         compose_config(*OVERRIDES, data_dir=data_dir), run / "checkpoints" / "last.ckpt"
     )
-    for key in ("val/loss", "val/psnr", "val/psnr_copy_reference"):
+    for key in ("val/loss", "val/psnr", "val/psnr_copy_reference", "val/ssim", "val/ssim_view0"):
         assert single[key] == pytest.approx(logged[key], rel=1e-5, abs=1e-6), key
 
 

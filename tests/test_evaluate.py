@@ -151,7 +151,7 @@ def test_ground_truth_reprojection_floor_of_the_studio_at_256px(compose_config, 
         f"pairs): {m['gt_reprojection_error_pct']:.2f} % = {m['gt_reprojection_error_px']:.2f} px "
         f"({m['gt_reprojection_failed_pairs']}/{m['gt_reprojection_pairs']} pairs failed)"
     )
-    assert m["gt_reprojection_error_pct"] < 4.0
+    assert m["gt_reprojection_error_pct"] < 1.0
 
 
 # ------------------------------------------------------------------------ turntable videos

@@ -380,3 +380,52 @@ def test_unreadable_photo_is_one_error_line(
     assert exit_info.value.code == 2
     (line,) = error_lines(capsys.readouterr().err)
     assert message in line and str(bad) in line
+
+
+def run_generate_expecting_error(
+    argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> str:
+    """Run pippo-generate's entry point; assert exit 2 and one `error:` line, return it."""
+    monkeypatch.setattr(sys, "argv", ["pippo-generate", *argv, f"hydra.run.dir={tmp_path}"])
+    with pytest.raises(SystemExit) as exit_info:
+        generate_main()
+    assert exit_info.value.code == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob("frames/*"))
+    return line
+
+
+def test_a_checkpoint_of_another_stage_is_named_with_the_setting_to_change(
+    trained: TinyRun, tmp_path: Path, photo: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    argv = [*generate_overrides(trained, photo), "stage_class=pippo_lightning.stages.MidTrainStage"]
+    line = run_generate_expecting_error(argv, tmp_path, monkeypatch, capsys)
+    assert "was saved by pippo_lightning.stages.post_train.PostTrainStage" in line
+    assert "not pippo_lightning.stages.mid_train.MidTrainStage" in line
+    assert "stage_class=pippo_lightning.stages.post_train.PostTrainStage" in line
+
+
+def test_a_pre_train_checkpoint_cannot_render_a_turnaround(tmp_path: Path):
+    from pippo_lightning.compressors.identity import IdentityCompressor
+    from pippo_lightning.inference import CheckpointError, require_posed_views
+    from pippo_lightning.models.image_encoders import ThumbnailEncoder
+    from pippo_lightning.stages import PreTrainStage
+
+    p1 = PreTrainStage(
+        compressor=IdentityCompressor(space_to_depth=2),
+        model_size="micro",
+        image_size=16,
+        num_views=1,
+        image_encoder=ThumbnailEncoder(size=4),
+    )
+    with pytest.raises(CheckpointError, match="PreTrainStage checkpoint: it generates without"):
+        require_posed_views(p1, tmp_path / "p1.ckpt")
+
+
+def test_zero_views_is_one_error_line(
+    trained: TinyRun, tmp_path: Path, photo: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    line = run_generate_expecting_error(
+        [*generate_overrides(trained, photo), "num_views=0"], tmp_path, monkeypatch, capsys
+    )
+    assert "num_views must be >= 1, got 0" in line

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -265,11 +264,12 @@ def test_background_pixels_have_background_id() -> None:
     torch.testing.assert_close(result.rgb[:, :, 0, 0], torch.tensor([[0.1, 0.2, 0.3]] * 2))
 
 
-@pytest.mark.slow
-def test_dome_of_24_views_at_64px_renders_in_under_a_second() -> None:
-    config = StudioConfig(resolution=64)
-    params = SubjectParams.sample(1)
-    render_subject_sample(params, config)  # warm-up
-    start = time.perf_counter()
-    render_subject_sample(params, config)
-    assert time.perf_counter() - start < 1.0
+def test_studio_render_benchmark_reports_its_timing(capsys) -> None:
+    """`pippo-data bench-studio` (render speed is measured there, not asserted in a test)."""
+    from pippo_lightning.cli.data import main as data_main
+
+    assert data_main(["bench-studio", "--resolution", "8", "--subjects", "1"]) == 0
+    timing = json.loads(capsys.readouterr().out)
+    assert timing["resolution"] == 8 and timing["subjects"] == 1
+    assert timing["views_per_subject"] == 25  # 3 rings of 8 + the reference camera
+    assert timing["median_subject_s"] > 0 and timing["views_per_s"] > 0

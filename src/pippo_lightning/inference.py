@@ -31,7 +31,7 @@ from pippo_lightning.geometry.cameras import camera_pose_vector, relative_azimut
 from pippo_lightning.geometry.orbit import STUDIO_HEAD_HEIGHT, Cameras
 from pippo_lightning.geometry.plucker import plucker_rays
 from pippo_lightning.models.pippo import Pippo
-from pippo_lightning.stages.base import Batch, PippoStage
+from pippo_lightning.stages.base import STAGE_CLASS_KEY, Batch, PippoStage
 from pippo_lightning.stages.config import ConfigError, SamplingConfig, coerce, plain
 from pippo_lightning.stages.post_train import PostTrainStage
 
@@ -72,6 +72,7 @@ def load_stage(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    check_stage_class(path, stage_class)
     try:
         # weights_only: a checkpoint is data; a pickle that needs code to load is refused.
         stage = stage_class.load_from_checkpoint(
@@ -97,6 +98,38 @@ def load_stage(
             f"{detail or type(err).__name__}"
         ) from err
     return stage.eval()
+
+
+def saved_stage_class(path: str | Path) -> str | None:
+    """The stage class a checkpoint was saved by ("package.module.Class"); None when it does
+    not say (written before the entry existed) or cannot be read (load_stage explains)."""
+    try:  # memory-mapped: only the small metadata is actually read
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile):
+        return None
+    saved = state.get(STAGE_CLASS_KEY) if isinstance(state, dict) else None
+    return saved if isinstance(saved, str) else None
+
+
+def check_stage_class(path: Path, stage_class: type[PippoStage]) -> None:
+    """Refuse a checkpoint saved by another stage, naming both and the setting to change."""
+    saved = saved_stage_class(path)
+    if saved is None or saved.rsplit(".", 1)[-1] == stage_class.__name__:
+        return
+    raise CheckpointError(
+        f"{path} was saved by {saved}, not {stage_class.__module__}.{stage_class.__name__}: "
+        f"pass stage_class={saved} if that is the model you mean"
+    )
+
+
+def require_posed_views(stage: PippoStage, path: str | Path) -> None:
+    """Refuse a stage that cannot render views of given cameras from a reference photo (P1)."""
+    if not (stage.use_cameras and stage.use_reference):
+        raise CheckpointError(
+            f"{path} is a {type(stage).__name__} checkpoint: it generates without cameras or a "
+            "reference photo, so it cannot render views of a person; use a mid-train (M2) or "
+            "post-train (P3) checkpoint"
+        )
 
 
 def checkpoint_step(path: str | Path) -> int | None:

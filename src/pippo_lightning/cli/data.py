@@ -186,6 +186,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_studio(args: argparse.Namespace) -> int:
+    from pippo_lightning.data.benchmark import measure_studio_render
+
+    result = measure_studio_render(args.resolution, args.subjects, args.supersample)
+    print(json.dumps(result.__dict__, indent=2))
+    return 0
+
+
 # ----------------------------------------------------------------------- download-samples
 def cmd_download_samples(args: argparse.Namespace) -> int:
     """The original release's Ava-256 samples from the Hub, validated and split (issue #8)."""
@@ -292,6 +300,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pin-memory", action="store_true")
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--latent-cache")
+
+    p = command("bench-studio", cmd_bench_studio, "seconds to render synthetic-studio subjects")
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--subjects", type=int, default=3)
+    p.add_argument("--supersample", type=int, default=1)
 
     p = command(
         "download-samples",

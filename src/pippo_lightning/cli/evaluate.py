@@ -45,6 +45,7 @@ from pippo_lightning.inference import (
     checkpoint_step,
     generate_views,
     load_stage,
+    require_posed_views,
     sampling_config,
     with_seed,
 )
@@ -91,6 +92,7 @@ def load_model(
     stage = load_stage(
         ckpt, hydra.utils.instantiate(node), hydra.utils.get_class(cfg.stage_class)
     ).to(device)
+    require_posed_views(stage, ckpt)
     return stage, {"source": source, "config": OmegaConf.to_container(node, resolve=True)}
 
 
@@ -253,7 +255,7 @@ def build_report(
         "sampling": dataclasses.asdict(sampling) if sampling else None,
         "reprojection_settings": {
             key: cfg.reprojection[key]
-            for key in ("matcher", "pairs", "min_matches", "min_confidence")
+            for key in ("matcher", "pairs", "min_matches", "min_confidence", "verify")
             if key in cfg.reprojection
         },
         "metrics": metrics,
@@ -290,7 +292,8 @@ def markdown_report(report: dict[str, Any]) -> str:
     settings = report["reprojection_settings"]
     lines += [
         f"- reprojection: matcher {settings.get('matcher')}, {settings.get('pairs')} pairs, "
-        f">= {settings.get('min_matches')} matches per pair",
+        f">= {settings.get('min_matches')} matches per pair, verification "
+        f"{settings.get('verify', 'none')}",
         "",
         *metrics_table(report),
     ]

@@ -42,6 +42,7 @@ from pippo_lightning.inference import (
     load_stage,
     prepare_photo,
     read_photo,
+    require_posed_views,
     sampling_config,
 )
 from pippo_lightning.stages.base import PippoStage
@@ -187,6 +188,7 @@ def generate(cfg: DictConfig) -> GenerateResult:
     compressor_node, compressor_source = compressor_config(cfg, ckpt)
     stage_class = hydra.utils.get_class(cfg.stage_class)
     stage = load_stage(ckpt, hydra.utils.instantiate(compressor_node), stage_class).to(device)
+    require_posed_views(stage, ckpt)
 
     batch, cameras, num_refs = build_inputs(cfg, stage, photo)
     batch = batch_to(batch, device)

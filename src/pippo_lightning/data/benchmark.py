@@ -79,3 +79,42 @@ def measure_dataloader(datamodule: Any, num_batches: int = 50, warmup: int = 2) 
 def benchmark_dataloader(datamodule: Any, num_batches: int = 50) -> float:
     """Samples per second from ``datamodule``'s train loader (after two warm-up batches)."""
     return measure_dataloader(datamodule, num_batches).samples_per_s
+
+
+@dataclass(frozen=True)
+class StudioRenderTiming:
+    """Rendering cost of synthetic-studio subjects (every dome view plus the reference)."""
+
+    resolution: int
+    views_per_subject: int
+    subjects: int
+    median_subject_s: float
+    views_per_s: float
+
+
+def measure_studio_render(
+    resolution: int = 64, subjects: int = 3, supersample: int = 1, warmup: int = 1
+) -> StudioRenderTiming:
+    """Time ``subjects`` studio subjects at ``resolution`` after ``warmup`` untimed ones."""
+    import statistics
+
+    from pippo_lightning.data.studio_subject import SubjectParams
+    from pippo_lightning.data.synthetic_studio import (
+        StudioConfig,
+        render_subject_sample,
+        subject_seed,
+    )
+
+    if subjects < 1:
+        raise ValueError(f"subjects must be >= 1, got {subjects}")
+    config = StudioConfig(resolution=resolution, supersample=supersample)
+    seconds = []
+    for index in range(warmup + subjects):
+        params = SubjectParams.sample(subject_seed(config.seed, "train", index))
+        start = time.perf_counter()
+        render_subject_sample(params, config)
+        if index >= warmup:
+            seconds.append(time.perf_counter() - start)
+    median = statistics.median(seconds)
+    views = config.num_views + 1  # the dome and the reference camera
+    return StudioRenderTiming(resolution, views, subjects, median, views / median)

@@ -32,14 +32,19 @@ BACKGROUND_ID = -1
 class Material:
     """Albedo in [0, 1]; patterns are solid textures in the scene's pattern frame.
 
-    stripes: bands across the frame's y axis; checks: a 3-D checkerboard. ``frequency`` is in
-    cycles per world unit; the pattern alternates ``albedo`` and ``secondary``.
+    stripes: bands across the frame's y axis; checks: 3-D cells. ``frequency`` is in cells per
+    world unit; each band or cell is ``albedo`` or ``secondary`` by a hash of its index, so the
+    pattern never repeats (irregular stripes and patchwork, not a strict alternation).
+    ``grain`` modulates the colour by a solid, non-periodic noise (fabric print and weave):
+    0 keeps it flat, 0.3 varies brightness by up to about +-30 %. Like the patterns it is fixed
+    to the surface, so every camera sees the same texture.
     """
 
     albedo: tuple[float, float, float]
     secondary: tuple[float, float, float] | None = None
     pattern: Pattern = "solid"
     frequency: float = 0.0
+    grain: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,7 @@ class SdfScene:
     secondary: Tensor  # [P, 3]
     pattern: Tensor  # [P] long, index into PATTERNS
     frequency: Tensor  # [P]
+    grain: Tensor  # [P]
     names: list[str]  # [P]
     bound_centre: Tensor  # [3]
     bound_radius: float
@@ -269,6 +275,7 @@ class SceneBuilder:
             secondary=_f([m.secondary or m.albedo for m in materials]),
             pattern=torch.tensor([PATTERNS.index(m.pattern) for m in materials]),
             frequency=_f([m.frequency for m in materials]),
+            grain=_f([m.grain for m in materials]),
             names=[part.name for part in parts],
             bound_centre=centre,
             bound_radius=radius,
@@ -415,13 +422,65 @@ def _shade(scene: SdfScene, points: Tensor, lighting: Lighting) -> tuple[Tensor,
 
 
 def _albedo(scene: SdfScene, points: Tensor, ids: Tensor) -> Tensor:
-    """Base colour [R, 3], with stripes or checks evaluated in the scene's pattern frame."""
+    """Base colour [R, 3]: stripes or checks, then grain, in the scene's pattern frame."""
     local = (points - scene.pattern_origin) @ scene.pattern_rotation.T
     cells = torch.floor(local * scene.frequency[ids, None]).long()
-    stripes = cells[:, 1] % 2 == 1
-    checks = cells.sum(dim=1) % 2 == 1
+    # Each band / cell takes a hashed colour: a periodic pattern gives every crossing the same
+    # neighbourhood, and keypoint matchers then pair crossings that are a period apart.
+    stripes = _lattice_value(cells * torch.tensor([0, 1, 0]), salt=101) > 0
+    checks = _lattice_value(cells, salt=202) > 0
     pattern = scene.pattern[ids]
     use_secondary = ((pattern == PATTERNS.index("stripes")) & stripes) | (
         (pattern == PATTERNS.index("checks")) & checks
     )
-    return torch.where(use_secondary[:, None], scene.secondary[ids], scene.albedo[ids])
+    colour = torch.where(use_secondary[:, None], scene.secondary[ids], scene.albedo[ids])
+    grain = scene.grain[ids]  # [R]
+    if bool((grain > 0).any()):
+        colour = colour * (1.0 + grain[:, None] * fabric_noise(local)[:, None])
+    return colour.clamp(0.0, 1.0)
+
+
+#: Cell sizes (world units) and weights of the grain's octaves: blobs of 3-6 cm, a few pixels
+#: wide at 256 px, which is what keypoint detectors latch on to. Finer cells would alias into
+#: per-view speckle that no two cameras agree on.
+GRAIN_OCTAVES: tuple[tuple[float, float], ...] = ((0.06, 0.7), (0.03, 0.3))
+#: Stretch of the summed octaves before clamping to [-1, 1]: interpolated value noise stays
+#: near 0 (std ~0.3), and a faint print gives too few keypoints to match at 256 px.
+GRAIN_CONTRAST = 2.0
+
+
+def fabric_noise(points: Tensor) -> Tensor:
+    """Solid multi-octave value noise [R] in [-1, 1] at points [R, 3]; no period, no seams."""
+    total = torch.zeros_like(points[:, 0])
+    for octave, (cell, weight) in enumerate(GRAIN_OCTAVES):
+        total = total + weight * _value_noise(points / cell, salt=octave)
+    return (GRAIN_CONTRAST * total).clamp(-1.0, 1.0)
+
+
+def _value_noise(scaled: Tensor, salt: int) -> Tensor:
+    """Smoothly interpolated hashed lattice values [R] in [-1, 1] at points [R, 3] (in cells)."""
+    corner = torch.floor(scaled)
+    frac = scaled - corner
+    frac = frac * frac * (3.0 - 2.0 * frac)  # smoothstep: no gradient seams at cell faces
+    corner = corner.long()
+    total = torch.zeros_like(scaled[:, 0])
+    for dx in (0, 1):
+        for dy in (0, 1):
+            for dz in (0, 1):
+                offset = torch.tensor([dx, dy, dz], device=scaled.device)
+                weight = torch.prod(torch.where(offset.bool(), frac, 1.0 - frac), dim=1)
+                total = total + weight * _lattice_value(corner + offset, salt).to(scaled.dtype)
+    return total
+
+
+def _lattice_value(cells: Tensor, salt: int) -> Tensor:
+    """A pseudo-random value [R] in [-1, 1] per integer lattice point [R, 3].
+
+    An integer hash (not a random table) so the texture is unbounded, identical on every
+    platform and needs no state; 31-bit arithmetic stays exact in int64.
+    """
+    mask = (1 << 31) - 1
+    h = (cells[:, 0] * 73856093 + cells[:, 1] * 19349663 + cells[:, 2] * 83492791 + salt) & mask
+    for _ in range(3):
+        h = ((h ^ (h >> 13)) * 1274126177) & mask
+    return h.double().div(mask).mul(2.0).sub(1.0)

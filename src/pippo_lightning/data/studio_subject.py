@@ -148,6 +148,7 @@ def _clothing(rng: np.random.Generator) -> Material:
         secondary=_hsv(rng, hue=hue + float(rng.uniform(0.3, 0.7))),
         pattern=pattern,
         frequency=float(rng.uniform(6.0, 14.0)),
+        grain=float(rng.uniform(0.6, 0.8)),
     )
 
 

