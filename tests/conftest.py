@@ -46,6 +46,11 @@ def _offline_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    # A W&B run started in this process leaves its service's address here; child processes
+    # would inherit it and share that service, which then still holds the run of a child that
+    # was killed, so the resumed child is refused ("run ID ... is in use"). Children start their
+    # own service, as separate jobs on a cluster do.
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
     os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
