@@ -114,8 +114,13 @@ def test_init_from_prefers_the_ema_weights_and_restarts_the_ema(tmp_path: Path) 
 def test_init_from_a_checkpoint_that_does_not_fit_is_one_clear_error(tmp_path: Path) -> None:
     p3 = build(PostTrainStage, num_views=2)
     path = save_stage(p3, tmp_path / "p3.ckpt")
-    with pytest.raises(ConfigError, match="weights the stage lacks: .*control_mlp"):
+    with pytest.raises(ConfigError, match=r"weights the stage lacks \(\d+\): .*control_mlp"):
         build(MidTrainStage, num_views=2, init_from=str(path))
+    # the backbone must come whole, from Python as from the CLI's preflight
+    state = {k: v for k, v in p3.state_dict().items() if ".blocks.0." not in k}
+    torch.save({"state_dict": state}, tmp_path / "no_block0.ckpt")
+    with pytest.raises(ConfigError, match=r"missing from the checkpoint \(\d+\): .*blocks\.0\."):
+        build(PostTrainStage, num_views=2, init_from=str(tmp_path / "no_block0.ckpt"))
     with pytest.raises(ConfigError, match="no such checkpoint"):
         build(MidTrainStage, num_views=2, init_from=str(tmp_path / "missing.ckpt"))
 

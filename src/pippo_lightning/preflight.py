@@ -51,6 +51,7 @@ from pippo_lightning.stages.config import (
     coerce,
     plain,
 )
+from pippo_lightning.stages.init_from import WEIGHT_PREFIXES, fit_problems, misfit_message
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +64,6 @@ STAGE_SETTINGS: dict[str, type] = {
     "validation": ValidationConfig,
     "schedule": ScheduleConfig,
 }
-#: modules a stage adds at zero output (README, "The three stages"): an init checkpoint from an
-#: earlier stage may lack them. Everything else — the DiT backbone above all — must be there.
-ADDED_MODULES = ("ref_encoder", "camera_mlp", "control_mlp", "global_embedding")
-#: where a stage checkpoint keeps the model's weights, preferred first (as
-#: stages.base.load_stage_weights reads them: the EMA where there is one)
-WEIGHT_PREFIXES = ("ema.shadow.", "model.")
-
 Shapes = dict[str, tuple[int, ...]]
 
 
@@ -343,45 +337,7 @@ def checkpoint_shapes(path: str) -> Shapes:
 
 
 def check_init_checkpoint(path: str, own: Shapes, model: str) -> None:
-    """The init checkpoint must fill every weight of `own` except those of modules the stage
-    adds at zero output, with the same shapes, and hold nothing the stage has no place for."""
-    source = checkpoint_shapes(path)
-    source_modules = {k.split(".")[0] for k in source}
-    missing = [k for k in sorted(set(own) - set(source)) if not may_be_absent(k, source_modules)]
-    unexpected = sorted(set(source) - set(own))
-    mismatched = [
-        f"{k}: checkpoint {source[k]} vs stage {own[k]}"
-        for k in sorted(set(source) & set(own))
-        if source[k] != own[k]
-    ]
-    problems = [
-        f"{what} ({len(keys)}): {shorten(keys)}"
-        for what, keys in (
-            ("missing from the checkpoint", missing),
-            ("shape mismatches", mismatched),
-            ("weights the stage lacks", unexpected),
-        )
-        if keys
-    ]
+    """The init checkpoint must fit the stage's weights `own` (stages.init_from.fit_problems)."""
+    problems = fit_problems(checkpoint_shapes(path), own)
     if problems:
-        raise ConfigError(
-            f"stage.init_from={path}: the checkpoint does not fit the {model}: "
-            f"{'; '.join(problems)}. Expected a checkpoint of the same model size, image size, "
-            "compressor and image encoder; only the modules a later stage adds (reference "
-            "encoder, camera MLP, ControlMLP, global embedding) may be absent"
-        )
-
-
-def may_be_absent(key: str, source_modules: set[str]) -> bool:
-    """Whether an init checkpoint may lack weight `key` of the stage's model: a module the
-    stage adds, when the checkpoint has none of it (a module it has must come whole)."""
-    module = key.split(".")[0]
-    if module == "null":
-        return True  # learned null conditions: independent vectors, each starting at zero
-    return module in ADDED_MODULES and module not in source_modules
-
-
-def shorten(keys: list[str], limit: int = 6) -> str:
-    return ", ".join(keys[:limit]) + (
-        f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
-    )
+        raise ConfigError(misfit_message(path, problems, model))

@@ -40,6 +40,7 @@ from pippo_lightning.stages.config import (
     plain,
 )
 from pippo_lightning.stages.ema import EMA
+from pippo_lightning.stages.init_from import WEIGHT_PREFIXES, fit_problems, misfit_message
 from pippo_lightning.stages.sharding import configure_sharding, gradient_norm
 
 Batch = dict[str, Any]
@@ -52,7 +53,7 @@ def load_stage_weights(path: str) -> dict[str, Tensor]:
         raise ConfigError(f"init_from={path}: no such checkpoint file")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     state = checkpoint.get("state_dict", checkpoint)
-    for prefix in ("ema.shadow.", "model."):
+    for prefix in WEIGHT_PREFIXES:
         weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if weights:
             return weights
@@ -212,22 +213,17 @@ class PippoStage(L.LightningModule):
         """Start from another stage's checkpoint (`init_from`): every weight both models share
         is copied (EMA weights where the checkpoint has them); modules this stage adds keep
         their zero-output initialisation, so the new model first predicts what the old one did.
+        Anything else missing, misshapen or extra is refused (stages.init_from.fit_problems).
         """
         source = load_stage_weights(path)
         own = self.model.state_dict()
-        unexpected = sorted(set(source) - set(own))
-        mismatched = [
-            f"{k}: checkpoint {tuple(source[k].shape)} vs stage {tuple(own[k].shape)}"
-            for k in sorted(set(source) & set(own))
-            if source[k].shape != own[k].shape
-        ]
-        if unexpected or mismatched:
-            raise ConfigError(
-                f"init_from={path}: the checkpoint does not fit this stage's model; "
-                f"weights the stage lacks: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}; "
-                f"shape mismatches: {mismatched[:8]} (same model size, image size, compressor "
-                "and image encoder as the previous stage?)"
-            )
+        problems = fit_problems(
+            {k: tuple(v.shape) for k, v in source.items()},
+            {k: tuple(v.shape) for k, v in own.items()},
+        )
+        if problems:
+            model = f"{self.hparams['model_size']} model at {self.image_size} px"
+            raise ConfigError(misfit_message(path, problems, model))
         self.model.load_state_dict(source, strict=False)
         new = sorted({k.split(".")[0] for k in set(own) - set(source)})
         log.info("init_from %s: %d tensors loaded; new modules: %s", path, len(source), new)
