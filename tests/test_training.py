@@ -124,3 +124,26 @@ def test_a_run_without_any_logger_trains_and_checkpoints(compose_config, tmp_pat
     assert math.isfinite(result.metrics["val/psnr"])
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     assert not list((tmp_path / "run").glob("wandb"))
+
+
+def test_validation_scores_reprojection_error_of_the_sampled_views(
+    compose_config, tmp_path: Path
+) -> None:
+    """stage.validation.reprojection=true: every validation scores the generated views and
+    the ground truth of the same 24 dome cameras (nearest pairs) and logs both to W&B."""
+    cfg = compose_config(
+        *TINY_RUN,
+        "image_size=64",
+        "compressor.space_to_depth=8",
+        "trainer.max_steps=2",
+        "data.val_num_views=24",
+        "stage.validation.reprojection=true",
+        "stage.validation.reprojection_options.min_matches=4",
+    )
+    result = train(cfg)
+    pairs = result.metrics["val/gt_reprojection_pairs"]
+    assert pairs == 12 and result.metrics["val/reprojection_pairs"] == 12
+    assert 0 <= result.metrics["val/gt_reprojection_error_pct"] < 5.0
+    history = read_offline_run(tmp_path / "run")
+    logged = set().union(*(row.keys() for row in history.rows))
+    assert {"val/gt_reprojection_error_pct", "val/gt_reprojection_failed_pairs"} <= logged

@@ -51,7 +51,7 @@ from pippo_lightning.inference import (
 )
 from pippo_lightning.metrics.image import ImageMetrics, per_view_psnr, per_view_ssim
 from pippo_lightning.metrics.report import format_value, metrics_table
-from pippo_lightning.metrics.reprojection import ReprojectionError
+from pippo_lightning.metrics.reprojection import ReprojectionError, reprojection_log_name
 from pippo_lightning.stages.base import PippoStage
 from pippo_lightning.stages.config import ConfigError, SamplingConfig
 
@@ -206,12 +206,11 @@ def reprojection_figures(result: dict[str, Tensor], ground_truth_only: bool) -> 
     truth with ``gt_`` (in ``gt_only`` mode the un-prefixed result *is* the ground truth)."""
     figures = {}
     for key in RE_KEYS:
-        name = key if key.startswith("reprojection") else f"reprojection_{key}"
         if ground_truth_only:
-            figures[f"gt_{name}"] = _number(result[key])
+            figures[f"gt_{reprojection_log_name(key)}"] = _number(result[key])
         else:
-            figures[name] = _number(result[key])
-            figures[f"gt_{name}"] = _number(result[f"gt_{key}"])
+            figures[reprojection_log_name(key)] = _number(result[key])
+            figures[reprojection_log_name(f"gt_{key}")] = _number(result[f"gt_{key}"])
     return figures
 
 

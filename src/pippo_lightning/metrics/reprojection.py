@@ -338,3 +338,11 @@ def _check_shapes(
         raise ValueError(
             f"gt_images must match images {list(images.shape)}, got {list(gt_images.shape)}"
         )
+
+
+def reprojection_log_name(key: str) -> str:
+    """ReprojectionError.compute() key -> logged name: ``failed_pairs`` ->
+    ``reprojection_failed_pairs``, ``gt_pairs`` -> ``gt_reprojection_pairs``."""
+    prefix = "gt_" if key.startswith("gt_") else ""
+    bare = key.removeprefix("gt_")
+    return prefix + (bare if bare.startswith("reprojection") else f"reprojection_{bare}")

@@ -27,6 +27,7 @@ from pippo_lightning.diffusion.guidance import bump_cfg_scale
 from pippo_lightning.diffusion.loss import DiffusionLoss, offset_noise
 from pippo_lightning.diffusion.schedules import NoiseSchedule, ScheduleConfig
 from pippo_lightning.metrics.image import ImageMetrics
+from pippo_lightning.metrics.reprojection import ReprojectionError, reprojection_log_name
 from pippo_lightning.models.image_encoders import ImageEncoder
 from pippo_lightning.models.pippo import Pippo, PippoConfig, count_parameters, pippo_config
 from pippo_lightning.stages.config import (
@@ -160,6 +161,11 @@ class PippoStage(L.LightningModule):
         self.validation_config = coerce(ValidationConfig, validation, "stage.validation")
         #: PSNR / SSIM (/ LPIPS) of the sampled validation views, per view and averaged
         self.val_image_metrics = ImageMetrics(lpips=self.validation_config.lpips)
+        self.val_reprojection = (
+            ReprojectionError(**self.validation_config.reprojection_options)
+            if self.validation_config.reprojection
+            else None
+        )
         self.ema_config = coerce(EMAConfig, ema, "stage.ema")
         self.ema = (
             EMA(self.model, self.ema_config.decay, self.ema_config.warmup)
@@ -536,6 +542,10 @@ class PippoStage(L.LightningModule):
             return {"generated": generated, "target": target, "reference": target[:, :1]}
         reference = batch["ref_image"].expand_as(target)
         self.val_image_metrics.update(generated.float(), target.float())
+        if self.val_reprojection is not None:
+            self.val_reprojection.update(
+                generated.float(), batch["intrinsics"], batch["extrinsics"], target.float()
+            )
         self.log("val/psnr", psnr(generated, target), batch_size=b, sync_dist=True)
         # The trivial baseline: copy the reference photo into every target view.
         self.log("val/psnr_copy_reference", psnr(reference, target), batch_size=b, sync_dist=True)
@@ -549,6 +559,17 @@ class PippoStage(L.LightningModule):
         # val/psnr is logged per batch above (with the copy-the-reference baseline beside it)
         self.log_dict({f"val/{name}": value for name, value in scores.items() if name != "psnr"})
         self.val_image_metrics.reset()
+        if self.val_reprojection is not None and self.val_reprojection.update_called:
+            figures = self.val_reprojection.compute()
+            # NaN (no pair matched, e.g. views too small for SIFT) is left out, not logged
+            self.log_dict(
+                {
+                    f"val/{reprojection_log_name(key)}": value.float()
+                    for key, value in figures.items()
+                    if torch.isfinite(value)
+                }
+            )
+            self.val_reprojection.reset()
 
 
 #: Checkpoint entry naming the stage class that saved it ("package.module.Class").

@@ -247,9 +247,15 @@ class ValidationConfig:
     #: LPIPS of the generated views: "auto" (when torchvision and its backbone weights are on
     #: this machine), True (required), False; PSNR and SSIM are always scored
     lpips: bool | str = "auto"
+    #: also score the sampled views' 3-D consistency (ReprojectionError against the batch's
+    #: cameras, the ground truth's floor alongside); SIFT wants >= 128 px and nearby views
+    reprojection: bool = False
+    #: keyword arguments of pippo_lightning.metrics.ReprojectionError (matcher, pairs, ...)
+    reprojection_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loss_timesteps", tuple(self.loss_timesteps))
+        object.__setattr__(self, "reprojection_options", dict(self.reprojection_options))
         if self.lpips not in (True, False, "auto"):
             raise ConfigError(f"validation.lpips must be true, false or auto, got {self.lpips!r}")
         if self.sample_batches < 0:
