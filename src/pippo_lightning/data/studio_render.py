@@ -427,7 +427,7 @@ def _albedo(scene: SdfScene, points: Tensor, ids: Tensor) -> Tensor:
     cells = torch.floor(local * scene.frequency[ids, None]).long()
     # Each band / cell takes a hashed colour: a periodic pattern gives every crossing the same
     # neighbourhood, and keypoint matchers then pair crossings that are a period apart.
-    stripes = _lattice_value(cells * torch.tensor([0, 1, 0]), salt=101) > 0
+    stripes = _lattice_value(cells * torch.tensor([0, 1, 0], device=cells.device), salt=101) > 0
     checks = _lattice_value(cells, salt=202) > 0
     pattern = scene.pattern[ids]
     use_secondary = ((pattern == PATTERNS.index("stripes")) & stripes) | (
