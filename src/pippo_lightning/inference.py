@@ -100,14 +100,20 @@ def load_stage(
     return stage.eval()
 
 
-def saved_stage_class(path: str | Path) -> str | None:
-    """The stage class a checkpoint was saved by ("package.module.Class"); None when it does
-    not say (written before the entry existed) or cannot be read (load_stage explains)."""
-    try:  # memory-mapped: only the small metadata is actually read
+def checkpoint_metadata(path: str | Path) -> dict[str, Any] | None:
+    """A checkpoint's top-level entries, memory-mapped (only the small metadata is actually
+    read); None when it cannot be read (load_stage explains why)."""
+    try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile):
         return None
-    saved = state.get(STAGE_CLASS_KEY) if isinstance(state, dict) else None
+    return state if isinstance(state, dict) else None
+
+
+def saved_stage_class(path: str | Path) -> str | None:
+    """The stage class a checkpoint was saved by ("package.module.Class"); None when it does
+    not say (written before the entry existed) or cannot be read."""
+    saved = (checkpoint_metadata(path) or {}).get(STAGE_CLASS_KEY)
     return saved if isinstance(saved, str) else None
 
 
@@ -134,11 +140,7 @@ def require_posed_views(stage: PippoStage, path: str | Path) -> None:
 
 def checkpoint_step(path: str | Path) -> int | None:
     """The global step a Lightning checkpoint was saved at (None if it does not say)."""
-    try:  # memory-mapped: only the small metadata is actually read
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, pickle.UnpicklingError):
-        return None
-    step = state.get("global_step")
+    step = (checkpoint_metadata(path) or {}).get("global_step")
     return int(step) if step is not None else None
 
 

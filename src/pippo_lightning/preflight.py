@@ -51,7 +51,7 @@ from pippo_lightning.stages.config import (
     coerce,
     plain,
 )
-from pippo_lightning.stages.init_from import WEIGHT_PREFIXES, fit_problems, misfit_message
+from pippo_lightning.stages.init_from import fit_problems, misfit_message, model_weights
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ def describe_model(cfg: DictConfig, stage: Any) -> str:
 
 
 def checkpoint_shapes(path: str) -> Shapes:
-    """Weight shapes of a stage checkpoint (see WEIGHT_PREFIXES), its tensors memory-mapped."""
+    """Weight shapes of a stage checkpoint (init_from.model_weights), its tensors memory-mapped."""
     if not Path(path).is_file():
         raise ConfigError(f"stage.init_from={path}: no such checkpoint file")
     problem = checkpoint_problem(path)
@@ -322,18 +322,7 @@ def checkpoint_shapes(path: str) -> Shapes:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # unpickling errors come in many types
         raise ConfigError(f"stage.init_from={path}: cannot be read: {err}") from err
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else {}
-    for prefix in WEIGHT_PREFIXES:
-        shapes = {
-            k[len(prefix) :]: tuple(v.shape)
-            for k, v in state.items()
-            if k.startswith(prefix) and isinstance(v, Tensor)
-        }
-        if shapes:
-            return shapes
-    raise ConfigError(
-        f"stage.init_from={path}: no 'model.*' or 'ema.shadow.*' weights in its state_dict"
-    )
+    return {k: tuple(v.shape) for k, v in model_weights(checkpoint, path).items()}
 
 
 def check_init_checkpoint(path: str, own: Shapes, model: str) -> None:

@@ -41,7 +41,7 @@ from pippo_lightning.stages.config import (
     plain,
 )
 from pippo_lightning.stages.ema import EMA
-from pippo_lightning.stages.init_from import WEIGHT_PREFIXES, fit_problems, misfit_message
+from pippo_lightning.stages.init_from import fit_problems, misfit_message, model_weights
 from pippo_lightning.stages.sharding import configure_sharding, gradient_norm
 
 Batch = dict[str, Any]
@@ -52,13 +52,7 @@ def load_stage_weights(path: str) -> dict[str, Tensor]:
     """The Pippo weights of a stage checkpoint (EMA where present), keys relative to the model."""
     if not Path(path).is_file():
         raise ConfigError(f"init_from={path}: no such checkpoint file")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint.get("state_dict", checkpoint)
-    for prefix in WEIGHT_PREFIXES:
-        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        if weights:
-            return weights
-    raise ConfigError(f"init_from={path}: no 'model.*' or 'ema.shadow.*' weights in its state_dict")
+    return model_weights(torch.load(path, map_location="cpu", weights_only=True), path)
 
 
 @dataclasses.dataclass

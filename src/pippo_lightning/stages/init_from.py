@@ -10,6 +10,11 @@ the stage has no place for.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+
+from pippo_lightning.stages.config import ConfigError
 
 #: modules a stage adds at zero output: an init checkpoint from an earlier stage may lack them
 ADDED_MODULES = ("ref_encoder", "camera_mlp", "control_mlp", "global_embedding")
@@ -17,6 +22,23 @@ ADDED_MODULES = ("ref_encoder", "camera_mlp", "control_mlp", "global_embedding")
 WEIGHT_PREFIXES = ("ema.shadow.", "model.")
 
 Shapes = Mapping[str, tuple[int, ...]]
+
+
+def model_weights(checkpoint: Any, path: str) -> dict[str, Tensor]:
+    """The model's weights in a loaded stage checkpoint (the EMA where present), keys relative
+    to the model; ConfigError naming ``path`` when it holds none."""
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else {}
+    for prefix in WEIGHT_PREFIXES:
+        weights = {
+            k[len(prefix) :]: v
+            for k, v in state.items()
+            if k.startswith(prefix) and isinstance(v, Tensor)
+        }
+        if weights:
+            return weights
+    raise ConfigError(
+        f"stage.init_from={path}: no 'model.*' or 'ema.shadow.*' weights in its state_dict"
+    )
 
 
 def may_be_absent(key: str, source_modules: set[str]) -> bool:
