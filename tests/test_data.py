@@ -307,7 +307,48 @@ def test_original_files_without_reference_cameras_decode_them_from_ref_cam_pose(
     b = MultiViewDataset([path], num_views=4, resolution=16, view_sampling="fixed")[0]
     for key in BATCH_KEYS[:-1]:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0, msg=key)
-    # A ref_cam_pose that holds no camera leaves the reference camera truly missing.
-    original["ref_cam_pose"] = torch.rand(1, 1, 16)
-    with pytest.raises(SampleError, match=r"missing key 'ref_cam_intrin' and 'ref_cam_extrin'"):
-        load_sample(write(tmp_path / "unknown.npy", original))
+
+
+def test_without_a_decodable_reference_camera_the_nearest_target_camera_stands_in(
+    studio: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No ref_cam_intrin/extrin and a ref_cam_pose in another layout (here every pose vector
+    doubled, so no rotation decodes): the target view whose cam_pose equals ref_cam_pose is
+    the reference camera, found exactly; the sample loads and says so once."""
+    import pippo_lightning.data.dataset as dataset_module
+
+    sample = raw(studio / "val/subject_00000.npy")
+    original = {k: v for k, v in sample.items() if k not in ("ref_cam_intrin", "ref_cam_extrin")}
+    original["cam_pose"] = sample["cam_pose"] * 2.0
+    original["ref_cam_pose"] = original["cam_pose"][7:8].clone()
+    path = write(tmp_path / "other_layout.npy", original)
+    dataset_module._REFERENCE_FALLBACK_LOGGED = False
+    with caplog.at_level("WARNING", logger="pippo_lightning.data.dataset"):
+        item = MultiViewDataset([path], num_views=4, resolution=32, view_sampling="fixed")[0]
+    (record,) = [r for r in caplog.records if "no reference camera" in r.getMessage()]
+    assert "other_layout.npy: key 'ref_cam_intrin'" in record.getMessage()
+    assert "target view 7" in record.getMessage()
+
+    view = torch.as_tensor(sample["cam_extrin"][7]).float()
+    torch.testing.assert_close(item["ref_extrinsics"][0], view)
+    torch.testing.assert_close(
+        item["ref_intrinsics"][0], torch.as_tensor(sample["cam_intrin"][7]).float()
+    )
+    # "fixed" views start at the reference azimuth: view 7 itself comes first, at 0 degrees.
+    assert float(item["azimuth_deg"][0]) == pytest.approx(0.0, abs=1e-3)
+    torch.testing.assert_close(item["ref_plucker"][0], item["plucker"][0])
+    # The model's camera input is the file's ref_cam_pose, untouched.
+    torch.testing.assert_close(
+        item["ref_cam_pose"], torch.as_tensor(original["ref_cam_pose"][:, 0]).float()
+    )
+
+
+def test_a_sample_with_no_camera_to_stand_in_for_the_reference_is_refused(
+    studio: Path, tmp_path: Path
+) -> None:
+    sample = raw(studio / "val/subject_00000.npy")
+    broken = {k: v for k, v in sample.items() if k not in ("ref_cam_intrin", "ref_cam_extrin")}
+    broken["ref_cam_pose"] = np.random.default_rng(0).random((1, 1, 16), dtype=np.float32)
+    broken["cam_pose"] = sample["cam_pose"][:, 0]  # wrong shape: no pose to compare with
+    with pytest.raises(SampleError, match=r"no target camera can stand in"):
+        load_sample(write(tmp_path / "unknown.npy", broken))

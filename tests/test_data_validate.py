@@ -297,3 +297,26 @@ def test_a_folder_without_samples_is_a_problem(tmp_path: Path) -> None:
         "no samples found (*.npy files or shard directories)"
     ]
     assert main(["validate", str(tmp_path / "missing")]) == 1
+
+
+def test_a_missing_reference_camera_is_a_warning_naming_the_stand_in_and_strict_fails(
+    good: Sample, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """No ref_cam_intrin/extrin and a ref_cam_pose that decodes to no camera (the original
+    release's files may look like this): a warning naming the file, the key and the target
+    camera training uses instead; exit 0, and 1 with --strict."""
+    sample = _copy(good)
+    del sample["ref_cam_intrin"], sample["ref_cam_extrin"]
+    sample["ref_cam_pose"] = sample["cam_pose"][5:6] * 2.0  # view 5's pose, in another layout
+    sample["cam_pose"] = sample["cam_pose"] * 2.0
+    path = tmp_path / "no_reference.npy"
+    write_npy_sample(path, sample)
+
+    assert main(["validate", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    (line,) = [line for line in lines if "no reference camera" in line]
+    assert line.startswith(f"warning: {path}: key 'ref_cam_intrin': no reference camera")
+    assert "target view 5" in line and "distance 0" in line
+    assert main(["validate", "--strict", str(path)]) == 1
+    report = validate_path(path)
+    assert not report.errors and report.warnings

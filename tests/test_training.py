@@ -147,3 +147,38 @@ def test_validation_scores_reprojection_error_of_the_sampled_views(
     history = read_offline_run(tmp_path / "run")
     logged = set().union(*(row.keys() for row in history.rows))
     assert {"val/gt_reprojection_error_pct", "val/gt_reprojection_failed_pairs"} <= logged
+
+
+def test_a_stage_trains_on_samples_without_a_reference_camera(
+    compose_config, tmp_path: Path
+) -> None:
+    """.npy samples with no ref_cam_intrin/extrin and a ref_cam_pose that decodes to no camera
+    (the original release's files are not known to carry one) train through the real
+    DataModule: the nearest target camera stands in for the reference (P3 uses its rays)."""
+    from pippo_lightning.data import StudioConfig, generate_studio
+    from pippo_lightning.data.npy_io import read_npy_sample, write_npy_sample
+
+    studio = StudioConfig(
+        num_train_subjects=2, num_val_subjects=1, resolution=32, rings=((0.0, 4), (20.0, 4))
+    )
+    root = generate_studio(studio, tmp_path / "studio")
+    files = sorted(root.glob("*/*.npy"))
+    for path in files:
+        sample = read_npy_sample(path)
+        del sample["ref_cam_intrin"], sample["ref_cam_extrin"]
+        sample["ref_cam_pose"] = sample["ref_cam_pose"] * 2.0  # a rotation scaled by 2
+        write_npy_sample(path, sample)
+    cfg = compose_config(
+        *[o for o in TINY_RUN if not o.startswith("data.")],
+        "data=folder",
+        f"data.root={root}",
+        "data.batch_size=2",
+        "data.val_batch_size=1",
+        "data.num_workers=0",
+        "logger=none",
+        "trainer.max_steps=2",
+    )
+    result = train(cfg)
+    assert result.trainer.global_step == 2
+    assert math.isfinite(result.metrics["train/loss"]) and math.isfinite(result.metrics["val/loss"])
+    assert len(files) == 3

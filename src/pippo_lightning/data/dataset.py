@@ -43,6 +43,7 @@ Random draws come from (seed, epoch, index), so they are reproducible in any wor
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -58,6 +59,7 @@ from pippo_lightning.data.schema import (
     SampleError,
     canonical_sample,
     check_sample,
+    reference_camera_problem,
     with_reference_camera,
 )
 from pippo_lightning.data.sources import NpySource, SampleSource, SourceSpec, open_source
@@ -71,6 +73,8 @@ from pippo_lightning.geometry.plucker import plucker_rays
 
 if TYPE_CHECKING:
     from pippo_lightning.data.latent_cache import LatentCache
+
+log = logging.getLogger(__name__)
 
 #: Keys of every item, in the order of the table above.
 BATCH_KEYS: tuple[str, ...] = (
@@ -106,11 +110,32 @@ def list_sample_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 def prepare_sample(raw: dict[str, Any], where: str | Path) -> dict[str, Any]:
-    """Canonicalise (aliases, arrays -> tensors), validate, and fill in a reference camera
-    decoded from ``ref_cam_pose`` where the file has none (the original release's files)."""
+    """Canonicalise (aliases, arrays -> tensors), validate, and fill in a reference camera where
+    the file has none (the original release's files): decoded from ``ref_cam_pose``, else the
+    nearest target camera stands in (logged once per process; ``pippo-data validate`` lists
+    every such file)."""
     sample = canonical_sample(raw)
     check_sample(sample, where)
+    if "ref_cam_intrin" not in sample or "ref_cam_extrin" not in sample:
+        _log_reference_fallback(sample, where)
     return with_reference_camera(sample)
+
+
+_REFERENCE_FALLBACK_LOGGED = False
+
+
+def _log_reference_fallback(sample: dict[str, Any], where: str | Path) -> None:
+    """Say once per process that training stands in a target camera for a missing reference."""
+    global _REFERENCE_FALLBACK_LOGGED
+    problem = reference_camera_problem(sample, where)
+    if problem is None or _REFERENCE_FALLBACK_LOGGED:
+        return
+    _REFERENCE_FALLBACK_LOGGED = True
+    log.warning(
+        "%s (further files without a reference camera are not reported here; "
+        "`pippo-data validate` lists them all)",
+        problem,
+    )
 
 
 def load_sample(path: str | Path) -> dict[str, Any]:

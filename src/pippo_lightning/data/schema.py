@@ -29,10 +29,15 @@ face_cam_intrin     [1, 3, 3]              float         intrinsics of the face 
 face_cam_extrin     [1, 4, 4]              float         its world->camera (the reference camera's)
 ==================  =====================  ============  ==============================================
 
-(*) The original release's files have no reference intrinsics/extrinsics (its model reads only
-``ref_cam_pose``). When they are missing, they are decoded from ``ref_cam_pose`` if that holds a
-camera in the layout below (orthonormal rotation, positive focal lengths); otherwise the sample
-is invalid (:func:`with_reference_camera`).
+(*) The original release's files are not known to carry reference intrinsics/extrinsics (its
+model reads only ``ref_cam_pose``). When they are missing, they are decoded from ``ref_cam_pose``
+if that holds a camera in the layout below (orthonormal rotation, positive focal lengths).
+Otherwise training stands in the *target view whose* ``cam_pose`` *is nearest* ``ref_cam_pose``
+(exact when the reference photo was taken by one of the target cameras, as in a capture dome),
+its intrinsics scaled to the reference image, and validation reports a warning saying so
+(:func:`reference_camera_problem`, :func:`with_reference_camera`). The model's own camera input
+stays the file's ``ref_cam_pose``; the stand-in only sets the views' azimuths relative to the
+reference (view sampling, the guidance ramp) and the recomputed ``ref_plucker``.
 
 Metadata keys (optional, not tensors): ``subject`` (str), ``frame`` (str), ``camera_names``
 (list[str], one per target view), ``ref_camera`` (str), ``world_unit`` (str, "m").
@@ -200,18 +205,9 @@ def validate_sample(
                 )
             continue
         problems += [Problem(path, key, m) for m in _value_problems(sample[key], spec, sizes)]
-    reference = ("ref_cam_intrin", "ref_cam_extrin")
-    if any(key not in sample for key in reference) and derive_reference_camera(sample) is None:
-        missing = " and ".join(repr(k) for k in reference if k not in sample)
-        problems.append(
-            Problem(
-                path,
-                None,
-                f"missing key {missing} (the reference camera), and 'ref_cam_pose' does not "
-                "decode to one (expected [R|t] row-major with R orthonormal, fx/W, fy/H, cx/W, "
-                "cy/H)",
-            )
-        )
+    reference = reference_camera_problem(sample, path)
+    if reference is not None:
+        problems.append(reference)
     for key, kind in METADATA_KEYS.items():
         if key in sample and not isinstance(sample[key], kind):
             problems.append(
@@ -244,12 +240,87 @@ def derive_reference_camera(sample: Mapping[str, Any]) -> tuple[torch.Tensor, to
     return k.float(), e.float()
 
 
-def with_reference_camera(sample: dict[str, Any]) -> dict[str, Any]:
-    """``sample`` with ``ref_cam_intrin`` / ``ref_cam_extrin`` filled in from ``ref_cam_pose``
-    when they are missing (files of the original release); unchanged otherwise."""
+def nearest_target_camera(
+    sample: Mapping[str, Any],
+) -> tuple[torch.Tensor, torch.Tensor, int, float] | None:
+    """The fallback reference camera: (K [1, 3, 3] in pixels of ``ref_image``, E [1, 4, 4],
+    view index, cam_pose distance) of the target view whose ``cam_pose`` is nearest
+    ``ref_cam_pose``; None if those keys are unusable.
+
+    Both pose vectors come from one encoding whatever its layout, so the reference camera's own
+    view (when it is one of the targets) is found at distance 0 even where ``ref_cam_pose``
+    does not decode in this package's layout.
+    """
+    from pippo_lightning.geometry.cameras import scale_intrinsics, to_homogeneous_extrinsics
+
+    keys = ("ref_cam_pose", "cam_pose", "cam_intrin", "cam_extrin", "image", "ref_image")
+    if not all(isinstance(sample.get(k), torch.Tensor | np.ndarray) for k in keys):
+        return None
+    pose, poses = torch.as_tensor(sample["ref_cam_pose"]), torch.as_tensor(sample["cam_pose"])
+    intrinsics, extrinsics = (torch.as_tensor(sample[k]) for k in ("cam_intrin", "cam_extrin"))
+    views = poses.shape[0] if poses.ndim == 3 else 0
+    shapes_ok = (
+        tuple(pose.shape) == (1, 1, 16)
+        and tuple(poses.shape) == (views, 1, 16)
+        and views > 0
+        and intrinsics.shape[0] == extrinsics.shape[0] == views
+        and intrinsics.shape[-2:] in ((3, 3), (3, 4))
+        and extrinsics.shape[-2:] in ((3, 4), (4, 4))
+        and len(sample["image"].shape) >= 2
+        and len(sample["ref_image"].shape) >= 2
+    )
+    if not shapes_ok or not (pose.is_floating_point() and poses.is_floating_point()):
+        return None
+    distance = (poses[:, 0].double() - pose[0].double()).norm(dim=-1)  # [NV]
+    if not bool(torch.isfinite(distance).all()):
+        return None
+    view = int(distance.argmin())
+    height, width = sample["image"].shape[-2:]
+    ref_height, ref_width = sample["ref_image"].shape[-2:]
+    k = intrinsics[view : view + 1, :, :3].float()  # [1, 3, 3], pixels of the target image
+    k = scale_intrinsics(k, ref_width / width, ref_height / height)
+    e = to_homogeneous_extrinsics(extrinsics[view : view + 1].float())  # [1, 4, 4]
+    return k, e, view, float(distance[view])
+
+
+def reference_camera_problem(sample: Mapping[str, Any], path: str | Path) -> Problem | None:
+    """What a sample without a usable reference camera gets: None when the file has one or
+    ``ref_cam_pose`` decodes to one; a warning naming the stand-in training uses otherwise; an
+    error when not even the stand-in can be found."""
+    reference = ("ref_cam_intrin", "ref_cam_extrin")
+    missing = [key for key in reference if key not in sample]
+    if not missing or derive_reference_camera(sample) is not None:
+        return None
+    stand_in = nearest_target_camera(sample)
+    what = (
+        f"no reference camera: missing key {' and '.join(repr(k) for k in missing)}, and "
+        "'ref_cam_pose' does not decode to one (expected [R|t] row-major with R orthonormal, "
+        "fx/W, fy/H, cx/W, cy/H)"
+    )
+    if stand_in is None:
+        return Problem(str(path), missing[0], f"{what}, and no target camera can stand in")
+    _, _, view, distance = stand_in
+    return Problem(
+        str(path),
+        missing[0],
+        f"{what}; training stands in target view {view}, the one whose 'cam_pose' is nearest "
+        f"'ref_cam_pose' (distance {distance:.3g}; 0: the reference is that camera): it sets the "
+        "views' azimuths relative to the reference (view sampling, guidance ramp) and the "
+        "recomputed 'ref_plucker'; the model's camera input stays 'ref_cam_pose'",
+        "warning",
+    )
+
+
+def with_reference_camera(sample: dict[str, Any], fallback: bool = True) -> dict[str, Any]:
+    """``sample`` with ``ref_cam_intrin`` / ``ref_cam_extrin`` filled in when they are missing
+    (files of the original release): decoded from ``ref_cam_pose``, else (with ``fallback``)
+    the nearest target camera (:func:`nearest_target_camera`); unchanged otherwise."""
     if "ref_cam_intrin" in sample and "ref_cam_extrin" in sample:
         return sample
     derived = derive_reference_camera(sample)
+    if derived is None and fallback:
+        stand_in = nearest_target_camera(sample)
+        derived = stand_in[:2] if stand_in is not None else None
     if derived is None:
         return sample
     k, e = derived

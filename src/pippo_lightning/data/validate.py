@@ -4,7 +4,9 @@ Checks, per sample (``.npy`` file or shard entry):
 
 - structure (:func:`~pippo_lightning.data.schema.validate_sample`): unreadable / garbage files,
   missing keys, wrong types, shapes (with sizes that must agree across keys), dtypes, non-finite
-  numbers, pixel values outside [0, 255];
+  numbers, pixel values outside [0, 255]; a missing reference camera that ``ref_cam_pose`` does
+  not decode to is a warning naming the target camera training stands in for it
+  (:func:`~pippo_lightning.data.schema.reference_camera_problem`);
 - cameras: rotations that are not orthonormal or are reflections, homogeneous rows that are not
   [0, 0, 0, 1], intrinsics with non-positive focal lengths, a principal point outside the image,
   or values that look normalised by the image size;
@@ -199,7 +201,9 @@ def validate_raw(raw: dict[str, Any], where: str) -> list[Problem]:
     try:
         sample = canonical_sample(raw)
         problems = validate_sample(sample, where)
-        sample = with_reference_camera(sample)  # so a decoded reference camera is checked too
+        # A decoded reference camera is checked too; a stand-in target camera is not (it was
+        # checked as a target, and ref_cam_pose would never match it).
+        sample = with_reference_camera(sample, fallback=False)
     except Exception as error:
         return [Problem(where, None, f"cannot check: {type(error).__name__}: {error}")]
     broken = {p.key for p in problems} | {_missing_key(p) for p in problems if p.key is None}
