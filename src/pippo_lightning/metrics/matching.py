@@ -242,7 +242,9 @@ def build_lightglue(weights: Path, **config: Any) -> nn.Module:
 class LightGlueMatcher(nn.Module):
     """kornia DISK keypoints matched by LightGlue, the Pippo release's matcher.
 
-    A module, so ``.to(device)`` on the metric that owns it moves the networks too.
+    A module with frozen weights (no gradients). :class:`~pippo_lightning.metrics.ReprojectionError`
+    holds it outside its own module tree, so the networks stay out of the owner's checkpoints
+    and DDP/FSDP parameters, and moves it to its device before matching.
 
     Args:
         disk_weights: state-dict file of ``kornia.feature.DISK`` (kornia's ``depth-save.pth``
@@ -269,8 +271,10 @@ class LightGlueMatcher(nn.Module):
         self.lightglue_path = resolve_weights(
             lightglue_weights, "lightglue_weights", allow_download
         )
-        self.disk = build_disk(self.disk_path)
-        self.lightglue = build_lightglue(self.lightglue_path, filter_threshold=filter_threshold)
+        self.disk = build_disk(self.disk_path).requires_grad_(False)
+        self.lightglue = build_lightglue(
+            self.lightglue_path, filter_threshold=filter_threshold
+        ).requires_grad_(False)
 
     def _to_input(self, image: ImageLike) -> Tensor:
         """uint8 [H, W, 3] -> float [3, H, W] in [0, 1] on the networks' device."""

@@ -12,12 +12,14 @@ world->camera extrinsics. Nothing here assumes a capture resolution: rescale K w
 
 from __future__ import annotations
 
+import itertools
+import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import Metric
 
 from pippo_lightning.metrics.matching import Matcher, build_matcher
@@ -27,6 +29,8 @@ from pippo_lightning.metrics.triangulation import (
     projection_matrix,
     triangulate_dlt_homogeneous,
 )
+
+log = logging.getLogger(__name__)
 
 PairStrategy = Literal["nearest", "random"]
 Verification = Literal["essential", "none"]
@@ -232,10 +236,16 @@ class ReprojectionError(Metric):
         low, high = (float(v) for v in value_range)
         if not high > low:
             raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
-        self.matcher = (
+        # Outside the module tree (object.__setattr__ skips nn.Module's registration): a
+        # network matcher's frozen weights are then in no owner's state_dict() (checkpoints),
+        # parameters() (what DDP/FSDP wrap and optimisers see) or dtype casts; it follows the
+        # metric's device lazily, in update().
+        object.__setattr__(
+            self,
+            "_matcher",
             build_matcher(matcher, **dict(matcher_options or {}))
             if isinstance(matcher, str)
-            else matcher
+            else matcher,
         )
         self.pairs = pairs
         self.verify = verify
@@ -251,6 +261,41 @@ class ReprojectionError(Metric):
             for count in ("point_count", "pair_count", "failed_pairs"):
                 self.add_state(f"{prefix}{count}", torch.tensor(0, dtype=torch.long), "sum")
         self.add_state("max_side", torch.tensor(0, dtype=torch.long), "max")
+
+    @property
+    def matcher(self) -> Matcher:
+        """The keypoint matcher (not a submodule: see ``__init__``)."""
+        return self._matcher
+
+    def _place_matcher(self) -> None:
+        """Move a network matcher to the metric's device, where it is not already."""
+        if not isinstance(self._matcher, nn.Module):
+            return
+        tensors = itertools.chain(self._matcher.parameters(), self._matcher.buffers())
+        first = next(tensors, None)
+        if first is not None and first.device != self.device:
+            self._matcher.to(self.device)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
+        """Drop matcher weights that checkpoints saved before the matcher left the module tree
+        still hold (the matcher loads its own weight files), then load as usual."""
+        stale = [key for key in state_dict if key.startswith(f"{prefix}matcher.")]
+        for key in stale:
+            del state_dict[key]
+        if stale:
+            log.info(
+                "ignoring %d matcher tensors under %r in the checkpoint (saved before matcher "
+                "weights were kept out of checkpoints; the matcher loads its own weight files)",
+                len(stale),
+                f"{prefix}matcher.",
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _select_pairs(self, extrinsics: Tensor) -> list[Pair]:
         """View pairs of one sample from its extrinsics [NV, 3 or 4, 4]."""
@@ -277,6 +322,7 @@ class ReprojectionError(Metric):
     ) -> None:
         """Score views [B, NV, 3, H, W] of cameras K [B, NV, 3, 3], E [B, NV, 3 or 4, 4]."""
         _check_shapes(images, intrinsics, extrinsics, gt_images)
+        self._place_matcher()
         height, width = images.shape[-2:]
         self.max_side = torch.clamp_min(self.max_side, max(height, width))
 
