@@ -5,6 +5,7 @@ that hold them still load, and it follows the metric to its device when it is us
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from pathlib import Path
 
@@ -120,3 +121,39 @@ def test_the_matcher_follows_the_metric_to_its_device_when_it_scores(
     metric.update(images.to(device), intrinsics.to(device), extrinsics.to(device))
     assert {p.device.type for p in matcher.parameters()} == {device.type}
     assert int(metric.compute()["pairs"]) == 1
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_ranks_trains_with_lightglue_validation_and_saves_no_matcher(
+    matcher_weights: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Two gloo ranks under DDP (which fails on parameters that never get a gradient) train
+    and validate with the LightGlue matcher; the checkpoints hold none of its weights."""
+    from tests.test_distributed import OVERRIDES, TWO_CPU_RANKS, run_train
+
+    disk_path, lightglue_path = matcher_weights
+    matcher_options = (
+        f"{{disk_weights:'{disk_path}',lightglue_weights:'{lightglue_path}',"
+        "max_keypoints:64,filter_threshold:0.0}"
+    )
+    run_train(
+        *OVERRIDES,
+        *TWO_CPU_RANKS,
+        "trainer.strategy=ddp",
+        "logger=none",
+        "stage.validation.reprojection=true",
+        "stage.validation.reprojection_options.matcher=lightglue",
+        "stage.validation.reprojection_options.min_matches=1",
+        "stage.validation.reprojection_options.verify=none",
+        f"+stage.validation.reprojection_options.matcher_options={matcher_options}",
+        f"paths.root_dir={tmp_path}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        cwd=tmp_path,
+    )
+    (run,) = tmp_path.glob("outputs/train/runs/*")
+    metrics = json.loads((run / "summary.json").read_text())["metrics"]
+    # the matcher scored both validation subjects (one per rank, one pair of views each)
+    assert metrics["val/reprojection_pairs"] == 2
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == 4
+    assert not [key for key in state["state_dict"] if "matcher" in key]
