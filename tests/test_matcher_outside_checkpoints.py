@@ -103,16 +103,17 @@ def test_a_checkpoint_holding_matcher_weights_still_loads_strictly(
         assert torch.equal(restored.state_dict()[key], value), key
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to move to")
 def test_the_matcher_follows_the_metric_to_its_device_when_it_scores(
     matcher_weights: tuple[Path, Path],
 ) -> None:
     """The metric is moved (as Lightning moves the stage); its matcher moves at update()."""
     stage = lightglue_stage(matcher_weights)
     metric, matcher = stage.val_reprojection, stage.val_reprojection.matcher
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda")
     metric.to(device)
-    if device.type == "cuda":
-        assert next(matcher.parameters()).device.type == "cpu"  # not moved by .to() itself
+    assert next(matcher.parameters()).device.type == "cpu"  # not moved by .to() itself
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.integers(0, 256, (1, 2, 3, 32, 32), dtype=np.uint8))
     intrinsics = torch.tensor([[32.0, 0, 16], [0, 32, 16], [0, 0, 1]]).expand(1, 2, 3, 3)
