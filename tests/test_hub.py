@@ -485,7 +485,7 @@ def test_a_pickle_that_runs_code_is_refused_and_never_runs(run: TinyRun, tmp_pat
             load_stage(path, _compressor())
         with pytest.raises(UnsafeCheckpointError, match=r"\(exec\)"):
             safe_torch_load(path)
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="not a readable Lightning checkpoint"):
         load_stage(framed, _compressor())
     with pytest.raises(UnsafeCheckpointError, match="refused"):  # and so does pippo-hub push
         build_bundle(bad, tmp_path / "bundle", "me/x")

@@ -119,9 +119,13 @@ def load_torch_file(
 
 
 def refusal(
-    path: str | Path, error: BaseException, advice: str = TRUSTED_SOURCES_ADVICE
+    path: str | Path,
+    error: BaseException,
+    advice: str = TRUSTED_SOURCES_ADVICE,
+    kind: str = "checkpoint",
 ) -> PippoError:
-    """The error for a pickle that weights-only loading rejected.
+    """The error for a pickle that weights-only loading rejected (`kind`: what the file was
+    expected to be, for the message).
 
     torch names the global it refused ("Unsupported global: GLOBAL builtins.exec"): that file
     needs code to unpickle. Anything else it cannot parse (text, other pickle opcodes) is
@@ -135,7 +139,7 @@ def refusal(
             f"was run. Only tensors and plain data are accepted: {advice}"
         )
     return CorruptCheckpointError(
-        f"{path} is not a readable checkpoint (UnpicklingError: not a pickle that weights-only "
+        f"{path} is not a readable {kind} (UnpicklingError: not a pickle that weights-only "
         "loading accepts; nothing in it was run)"
     )
 

@@ -81,7 +81,7 @@ def load_stage(
                 path, compressor=compressor, map_location=map_location, weights_only=True
             )
     except pickle.UnpicklingError as err:
-        raise CheckpointError(str(refusal(path, err))) from err
+        raise CheckpointError(str(refusal(path, err, kind="Lightning checkpoint"))) from err
     except (zipfile.BadZipFile, EOFError) as err:
         # torch's own message here is a long note about weights_only, beside the point.
         raise CheckpointError(
