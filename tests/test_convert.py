@@ -13,12 +13,14 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor
 
+from pippo_lightning.checkpointing import UnsafeCheckpointError
 from pippo_lightning.cli import convert as convert_cli
 from pippo_lightning.cli.convert import (
     convert_original_checkpoint,
     load_converted_model,
 )
 from pippo_lightning.compressors.base import Compressor
+from pippo_lightning.diffusion.attention_biasing import original_train_views
 from pippo_lightning.diffusion.schedules import ScheduleConfig, compute_alphas_cumprod
 from pippo_lightning.errors import PippoError
 from pippo_lightning.models import Pippo, PippoConfig, pippo_config
@@ -58,7 +60,7 @@ class SDXLShaped(Compressor):
 def fixture() -> dict:
     if not FIXTURE.exists():
         pytest.skip(f"parity fixture not found at {FIXTURE} (the shared folder is absent)")
-    return torch.load(FIXTURE, weights_only=False, map_location="cpu")
+    return torch.load(FIXTURE, weights_only=True, map_location="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -91,15 +93,12 @@ def test_converted_fixture_matches_original_predictions(
 ) -> None:
     bias = fixture["attention_bias"]
     inputs = fixture["inputs"]
-    tokens_per_view = (16 // 2) ** 2
-    # N_train comes from the checkpoint's num_views: (num_views + 1 reference) views of tokens
-    train_views = bias["train_tokens"] // tokens_per_view - 1
     dst = tmp_path / "p3.ckpt"
+    # no num_views: N_train follows the original's rule, as in the fixture's biased run
     convert_original_checkpoint(
         original_files["checkpoint"],
         dst,
         original_config=original_files["config"] if with_config else None,
-        num_views=train_views,
     )
     stage = load_stage(dst)
     assert stage.train_tokens == bias["train_tokens"]
@@ -130,9 +129,10 @@ def test_converted_checkpoint_is_weights_only_and_self_describing(
     checkpoint = torch.load(dst, weights_only=True)  # plain dicts, tensors, numbers, strings
     assert checkpoint["global_step"] == fixture["original_checkpoint"]["iteration"]
     assert checkpoint["hyper_parameters"]["image_size"] == 128
-    assert checkpoint["hyper_parameters"]["num_views"] == 4  # the release default, noted
-    assert any("num_views" in note for note in checkpoint["pippo_original"]["notes"])
     info = checkpoint["pippo_original"]
+    # 128 px: 24 views of 64 tokens in all, the reference one of them
+    assert checkpoint["hyper_parameters"]["num_views"] == 23
+    assert info["attention_training"]["tokens"] == 24 * 64
     assert info["source"] == str(original_files["checkpoint"].resolve())
     assert info["compressor"] == {
         "latent_channels": 4,
@@ -147,6 +147,44 @@ def test_converted_checkpoint_is_weights_only_and_self_describing(
     with torch.no_grad():
         assert max_error(model(**fixture["inputs"]), fixture["expected_eps"]) <= PARITY_ATOL
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize(("tokens_per_view", "views"), [(64, 24), (256, 24), (1024, 12), (4096, 2)])
+def test_original_training_views_follow_its_resolution_rule(
+    tokens_per_view: int, views: int
+) -> None:
+    # 128 / 256 px -> 24 views, 512 px (exactly 1024 tokens) -> 12, 1024 px -> 2
+    assert original_train_views(tokens_per_view)[0] == views
+
+
+def test_convert_defaults_training_views_to_the_originals_resolution_rule(
+    fixture: dict,
+    original_files: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model_config = {**fixture["original_config"], "num_views": 3}  # the YAML says 3, 128 px
+    config = tmp_path / "3v.yml"
+    OmegaConf.save(OmegaConf.create({"model": model_config}), config)
+    dst = tmp_path / "p3.ckpt"
+    convert_cli.main([str(original_files["checkpoint"]), str(dst), "--config", str(config)])
+    out = capsys.readouterr().out
+    assert "attention biasing: N_train 1536 tokens (the original's resolution rule" in out
+    assert "(here 3)" in out  # says the YAML's num_views was not used
+
+    stage = load_stage(dst)
+    assert stage.model_config.tokens_per_view == 64
+    assert stage.train_tokens == 24 * 64  # 1536, not (3 + 1) x 64
+    stored = torch.load(dst, weights_only=True)["pippo_original"]["attention_training"]
+    assert stored["tokens"] == 1536 and stored["views"] == 24
+    assert "resolution rule" in stored["rule"]
+
+    # --num-views stays the override: (5 + 1 reference) views of tokens
+    result = convert_original_checkpoint(
+        original_files["checkpoint"], tmp_path / "5v.ckpt", original_config=config, num_views=5
+    )
+    assert load_stage(result.destination).train_tokens == 6 * 64
+    assert result.attention_training["rule"].startswith("--num-views 5")
 
 
 # ---------------------------------------------------------------- a synthetic original, another size
@@ -326,7 +364,7 @@ def test_untrusted_pickles_are_refused_unless_trusted(tmp_path: Path) -> None:
     _, original = synthetic_original(SYNTHETIC, SYNTHETIC_SCHEDULE)
     original["args"] = argparse.Namespace(lr=1e-4)  # an arbitrary pickled object
     torch.save(original, tmp_path / "src.pt")
-    with pytest.raises(OriginalCheckpointError, match="--trust-pickle"):
+    with pytest.raises(UnsafeCheckpointError, match=r"--trust-pickle .*off by default"):
         convert_original_checkpoint(tmp_path / "src.pt", tmp_path / "a.ckpt", prediction="v")
     result = convert_original_checkpoint(
         tmp_path / "src.pt", tmp_path / "a.ckpt", prediction="v", trust_pickle=True

@@ -527,7 +527,7 @@ def wait_for_steps(
 
 
 def saved_step(path: Path) -> int:
-    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
 
 
 @pytest.mark.parametrize(

@@ -136,7 +136,7 @@ def micro() -> tuple[Pippo, dict[str, Tensor], Tensor]:
     """The parity fixture's model, its inputs and its fp32 prediction."""
     if not FIXTURE.exists():
         pytest.skip(f"parity fixture not found at {FIXTURE} (the shared folder is absent)")
-    fixture = torch.load(FIXTURE, weights_only=False, map_location="cpu")
+    fixture = torch.load(FIXTURE, weights_only=True, map_location="cpu")
     config = config_from_original(fixture["original_config"])
     state, _ = convert_original_state_dict(fixture["original_checkpoint"]["model"], config)
     model = Pippo(config).eval()

@@ -22,7 +22,7 @@ ATOL = 1e-5
 def fixture() -> dict:
     if not FIXTURE.exists():
         pytest.skip(f"parity fixture not found at {FIXTURE} (the shared folder is absent)")
-    return torch.load(FIXTURE, weights_only=False, map_location="cpu")
+    return torch.load(FIXTURE, weights_only=True, map_location="cpu")
 
 
 @pytest.fixture(scope="module")

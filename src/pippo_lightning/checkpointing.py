@@ -1,4 +1,9 @@
-"""Crash-safe checkpoint files: atomic writes, validity checks, and finding where to resume.
+"""Checkpoint files: safe loading, atomic writes, validity checks, and finding where to resume.
+
+Every torch file pippo reads that a user may have downloaded (stage checkpoints, original
+weights, Hub files, metric weights, tensors inside data samples) goes through `load_torch_file`:
+`torch.load(weights_only=True)` with a short allow-list of plain classes, so a pickle that needs
+code to unpickle is refused with an `UnsafeCheckpointError` before any of it runs.
 
 A checkpoint is written to a temporary name in the same directory and renamed over the final
 name, so a crash or a full disk mid-write never leaves a half-written `last.ckpt` behind. At load
@@ -10,10 +15,15 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import pathlib
+import pickle
+import re
 import shutil
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -32,6 +42,106 @@ class CorruptCheckpointError(PippoError):
 
 class CheckpointWriteError(PippoError):
     """A checkpoint could not be written for lack of space; the previous one is untouched."""
+
+
+class UnsafeCheckpointError(PippoError):
+    """A file holding pickled objects that need code to unpickle; it was refused unrun."""
+
+
+#: What to do about a refused file, unless the caller knows better (e.g. an opt-in flag).
+TRUSTED_SOURCES_ADVICE = (
+    "load only checkpoints saved with plain data (pippo-train, pippo-convert and pippo-hub "
+    "write such files), or share weights as safetensors (pippo-hub push / pull)"
+)
+
+
+# ------------------------------------------------------------------------- safe loading
+def checkpoint_safe_globals() -> list[type]:
+    """Classes besides tensors and plain data that a checkpoint may legitimately hold.
+
+    Filesystem paths (a `Path` passed as a hyperparameter, or kept in a callback's state) and
+    the stages' config dataclasses (hyperparameters of a stage built from Python objects; the
+    stage saves them as plain dicts, see stages.config.plain). Each is rebuilt from its fields
+    alone: none lets a file choose code to run. OmegaConf containers are deliberately absent:
+    `plain` turns them into dicts before they reach a checkpoint.
+    """
+    # deferred: the stages import this module
+    from pippo_lightning.diffusion.ddim import DDIMConfig
+    from pippo_lightning.diffusion.schedules import ScheduleConfig
+    from pippo_lightning.stages import config
+
+    return [
+        pathlib.PurePosixPath,
+        pathlib.PosixPath,
+        pathlib.PureWindowsPath,
+        pathlib.WindowsPath,
+        ScheduleConfig,
+        DDIMConfig,
+        config.OptimizerConfig,
+        config.ConditionDropout,
+        config.SamplingConfig,
+        config.EMAConfig,
+        config.ValidationConfig,
+    ]
+
+
+@contextmanager
+def allowed_checkpoint_globals() -> Iterator[None]:
+    """`checkpoint_safe_globals` allowed for every weights-only load inside the block, e.g.
+    Lightning's own loads in `Trainer.fit(ckpt_path=..., weights_only=True)`."""
+    with torch.serialization.safe_globals(checkpoint_safe_globals()):
+        yield
+
+
+def load_torch_file(
+    source: str | Path | IO[bytes],
+    map_location: Any = "cpu",
+    mmap: bool = False,
+    advice: str = TRUSTED_SOURCES_ADVICE,
+) -> Any:
+    """What `torch.save` wrote to `source`, unpickled weights-only: tensors, plain data and
+    `checkpoint_safe_globals`.
+
+    torch's restricted unpickler stops at the first global it does not allow, before calling
+    anything, so a malicious `__reduce__` never runs; that is an `UnsafeCheckpointError` naming
+    the file and ending with `advice` (what to do). `mmap` memory-maps the tensors where the
+    file format allows (not for legacy, non-zip files, which are read whole). Other failures
+    (a damaged file, no such file) are raised as torch raises them, for the caller to word.
+    """
+    is_path = isinstance(source, (str, Path))
+    name = source if is_path else getattr(source, "name", "<bytes>")
+    mmap = mmap and is_path and zipfile.is_zipfile(source)  # legacy files cannot be mapped
+    with allowed_checkpoint_globals():
+        try:
+            return torch.load(source, map_location=map_location, weights_only=True, mmap=mmap)
+        except pickle.UnpicklingError as err:
+            raise refusal(name, err, advice) from err
+
+
+def refusal(
+    path: str | Path,
+    error: BaseException,
+    advice: str = TRUSTED_SOURCES_ADVICE,
+    kind: str = "checkpoint",
+) -> PippoError:
+    """The error for a pickle that weights-only loading rejected (`kind`: what the file was
+    expected to be, for the message).
+
+    torch names the global it refused ("Unsupported global: GLOBAL builtins.exec"): that file
+    needs code to unpickle. Anything else it cannot parse (text, other pickle opcodes) is
+    unreadable; either way nothing in it was executed.
+    """
+    found = re.search(r"Unsupported global:\s*(?:GLOBAL\s+)?([\w.]+)", str(error))
+    if found:
+        return UnsafeCheckpointError(
+            f"refused to load {path}: it holds pickled objects that need code to unpickle "
+            f"({found.group(1)}), and such a file would run code when loaded; nothing in it "
+            f"was run. Only tensors and plain data are accepted: {advice}"
+        )
+    return CorruptCheckpointError(
+        f"{path} is not a readable {kind} (UnpicklingError: not a pickle that weights-only "
+        "loading accepts; nothing in it was run)"
+    )
 
 
 #: errno values that mean "the storage cannot take more bytes" (not a bug, not a bad path)
@@ -112,13 +222,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
+        """The checkpoint at `path`, always loaded weights-only (`load_torch_file`): resuming
+        from a downloaded file must not run its code, whatever `weights_only` Lightning got."""
+        if weights_only is False:
+            log.warning("loading %s weights-only although weights_only=False was asked", path)
         problem = checkpoint_problem(path)
         if problem:
             raise CorruptCheckpointError(f"checkpoint {path} cannot be loaded: {problem}")
         try:
-            return super().load_checkpoint(
-                path, map_location=map_location, weights_only=weights_only
-            )
+            return load_torch_file(path, map_location=map_location)
+        except PippoError:
+            raise  # already names the file and what is wrong
         except Exception as err:  # unpickling errors come in many types
             raise CorruptCheckpointError(f"checkpoint {path} cannot be loaded: {err}") from err
 
@@ -232,9 +346,9 @@ def read_callback_state(ckpt_path: str | Path, key: str) -> Any:
         path = path / "meta.pt"
         if not path.is_file():
             return None
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = load_torch_file(path)
     else:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        checkpoint = load_torch_file(path, mmap=True)
     for state in checkpoint.get("callbacks", {}).values():
         if isinstance(state, dict) and key in state:
             return state[key]

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import re
 import shutil
 import tempfile
@@ -39,6 +38,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from pippo_lightning.checkpointing import UnsafeCheckpointError, load_torch_file
 from pippo_lightning.errors import PippoError
 from pippo_lightning.metrics.report import metrics_table
 
@@ -61,10 +61,6 @@ WEIGHT_PREFIXES: dict[str, str] = {"ema": "ema.shadow.", "raw": "model."}
 
 class HubError(PippoError):
     """The Hub could not be reached, refused us, or holds something we cannot use."""
-
-
-class UnsafeCheckpointError(PippoError):
-    """A checkpoint pickle that would run arbitrary code when loaded (refused, never run)."""
 
 
 # ---------------------------------------------------------------------------- hf:// URIs
@@ -180,41 +176,16 @@ def hub_errors(action: str, repo_id: str) -> Iterator[None]:
 
 # ------------------------------------------------------------------------- safe loading
 def safe_torch_load(path: str | Path) -> dict[str, Any]:
-    """A checkpoint dict loaded with ``weights_only=True``; refuses pickles that need code.
-
-    torch's restricted unpickler stops at the first global it does not allow, before anything
-    is called, so a malicious ``__reduce__`` never runs.
-    """
+    """A checkpoint dict, loaded weights-only (checkpointing.load_torch_file): a pickle that
+    needs code to unpickle is refused (UnsafeCheckpointError) before any of it runs."""
     path = Path(path)
     try:
-        value = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise refusal(path, error) from error
+        value = load_torch_file(path)
     except (zipfile.BadZipFile, EOFError, RuntimeError) as error:
         raise PippoError(f"{path} is not a readable checkpoint ({type(error).__name__})") from error
     if not isinstance(value, dict):
         raise PippoError(f"{path} is not a checkpoint (holds a {type(value).__name__})")
     return value
-
-
-def refusal(path: str | Path, error: BaseException) -> PippoError:
-    """The error for a pickle that ``weights_only`` loading rejected.
-
-    torch names the global it refused ("Unsupported global: GLOBAL builtins.exec"): that file
-    would run code. Anything else it cannot parse (text, other pickle opcodes) is unreadable;
-    either way nothing in it was executed.
-    """
-    found = re.search(r"Unsupported global:\s*(?:GLOBAL\s+)?([\w.]+)", str(error))
-    if found:
-        return UnsafeCheckpointError(
-            f"refused to load {path}: it holds pickled objects that would run code when "
-            f"loaded ({found.group(1)}); only tensors and plain data are accepted. Load "
-            "checkpoints you trust, or share weights as safetensors (pippo-hub push)"
-        )
-    return PippoError(
-        f"{path} is not a readable Lightning checkpoint (UnpicklingError: not a pickle that "
-        "weights-only loading accepts; it was not executed)"
-    )
 
 
 # ----------------------------------------------------------------------- checkpoint export
@@ -643,7 +614,7 @@ def _artifact_metadata(path: Path) -> dict[str, Any]:
         metrics = {k: v for k, v in (report.get("metrics") or {}).items() if v is not None}
         return {"global_step": report.get("global_step"), **metrics}
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = load_torch_file(path, mmap=True)
         return {"global_step": int(state.get("global_step") or 0)}
     except Exception:  # metadata is a nicety; an odd file is still logged
         return {}

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pippo_lightning.checkpointing import allowed_checkpoint_globals, load_torch_file, refusal
 from pippo_lightning.data.dataset import resize_images
 from pippo_lightning.errors import PippoError
 from pippo_lightning.geometry.anchors import render_spatial_anchor
@@ -75,13 +76,12 @@ def load_stage(
     check_stage_class(path, stage_class)
     try:
         # weights_only: a checkpoint is data; a pickle that needs code to load is refused.
-        stage = stage_class.load_from_checkpoint(
-            path, compressor=compressor, map_location=map_location, weights_only=True
-        )
+        with allowed_checkpoint_globals():
+            stage = stage_class.load_from_checkpoint(
+                path, compressor=compressor, map_location=map_location, weights_only=True
+            )
     except pickle.UnpicklingError as err:
-        from pippo_lightning.hub import refusal
-
-        raise CheckpointError(str(refusal(path, err))) from err
+        raise CheckpointError(str(refusal(path, err, kind="Lightning checkpoint"))) from err
     except (zipfile.BadZipFile, EOFError) as err:
         # torch's own message here is a long note about weights_only, beside the point.
         raise CheckpointError(
@@ -104,8 +104,8 @@ def checkpoint_metadata(path: str | Path) -> dict[str, Any] | None:
     """A checkpoint's top-level entries, memory-mapped (only the small metadata is actually
     read); None when it cannot be read (load_stage explains why)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile):
+        state = load_torch_file(path, mmap=True)
+    except (RuntimeError, OSError, EOFError, PippoError, zipfile.BadZipFile):
         return None
     return state if isinstance(state, dict) else None
 

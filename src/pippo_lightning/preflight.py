@@ -33,7 +33,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from pippo_lightning.checkpointing import checkpoint_problem
+from pippo_lightning.checkpointing import checkpoint_problem, load_torch_file
 from pippo_lightning.compressors.base import Compressor
 from pippo_lightning.data.sources import has_samples, open_source, sample_view_count
 from pippo_lightning.data.synthetic_studio import StudioConfig
@@ -319,7 +319,7 @@ def checkpoint_shapes(path: str) -> Shapes:
     if problem:
         raise ConfigError(f"stage.init_from={path}: not a loadable checkpoint: {problem}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = load_torch_file(path, mmap=True)
     except Exception as err:  # unpickling errors come in many types
         raise ConfigError(f"stage.init_from={path}: cannot be read: {err}") from err
     return {k: tuple(v.shape) for k, v in model_weights(checkpoint, path).items()}

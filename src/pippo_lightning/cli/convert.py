@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import pickle
 import re
 import sys
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,9 @@ import lightning
 import torch
 from torch import Tensor
 
+from pippo_lightning.checkpointing import load_torch_file
 from pippo_lightning.compressors.base import Compressor
+from pippo_lightning.diffusion.attention_biasing import original_train_views
 from pippo_lightning.diffusion.original_schedule import (
     IDENTIFY_ATOL,
     identify_original_schedule,
@@ -49,8 +51,6 @@ from pippo_lightning.stages.post_train import PostTrainStage
 #: Every release config uses the SDXL VAE: 4 latent channels, 8x down-sampling.
 SDXL_LATENT_CHANNELS = 4
 SDXL_DOWNSAMPLE = 8
-#: Training views of every release config ("4v"); sets N_train of attention biasing.
-DEFAULT_NUM_VIEWS = 4
 #: Fields the stage derives from the compressor and its own class, never model overrides.
 _PINNED = ("latent_size", "latent_channels", "use_cameras", "use_control")
 #: Original `model` keys for classifier-free-guidance dropout -> ours (stage.condition_dropout).
@@ -61,6 +61,12 @@ _DROPOUT_KEYS = {
     "p_drop_all_cond": "all",
 }
 FORMAT_VERSION = 1
+#: What to do about an original checkpoint that weights-only loading refused.
+TRUST_PICKLE_ADVICE = (
+    "if you trust the file (e.g. you trained it with the original code), rerun with "
+    "--trust-pickle (trust_pickle=True), which is off by default because it lets the file run "
+    "any code; otherwise re-save its weights as plain tensors"
+)
 
 
 class _LatentShape(Compressor):
@@ -93,6 +99,7 @@ class Conversion:
     model_overrides: dict[str, Any]
     image_size: int
     num_views: int
+    attention_training: dict[str, Any]  # N_train of attention biasing and the rule that gave it
     schedule: ScheduleConfig
     dropped: dict[str, int]  # original key -> number of values
     training_options: dict[str, Any]
@@ -107,6 +114,8 @@ class Conversion:
             f"converted {self.source} (iteration {self.iteration}) -> {self.destination}",
             f"  model {self.model_size} (overrides: {overrides}), image_size {self.image_size}, "
             f"num_views {self.num_views}",
+            f"  attention biasing: N_train {self.attention_training['tokens']} tokens "
+            f"({self.attention_training['rule']})",
             f"  schedule {s.kind}, {s.num_timesteps} steps, prediction {s.prediction}, "
             f"shift_ratio {s.shift_ratio:g}, zero_terminal_snr {s.zero_terminal_snr}",
         ]
@@ -144,26 +153,20 @@ def load_original_checkpoint(
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """(model state dict, the file's other top-level entries) of an original checkpoint.
 
-    Loads with `weights_only=True` unless `trust_pickle` (the original's own loader does not
-    restrict unpickling); memory-maps where the file format allows, so a 1.3B-parameter
-    checkpoint is not read into memory twice. A bare state dict is accepted too.
+    Loads weights-only (checkpointing.load_torch_file): a file that needs code to unpickle is
+    refused with an UnsafeCheckpointError before any of it runs. `trust_pickle` (off by
+    default, the CLI's --trust-pickle) is the explicit opt-in to unpickle such a file anyway,
+    as the original's own loader does. Memory-maps where the file format allows, so a
+    1.3B-parameter checkpoint is not read into memory twice. A bare state dict is accepted too.
     """
     if not path.is_file():
         raise FileNotFoundError(f"original checkpoint not found: {path}")
     try:
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=True)
-        except RuntimeError as err:
-            if "mmap" not in str(err):
-                raise
-            # legacy (non-zip) files cannot be memory-mapped
-            raw = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0]
-        raise OriginalCheckpointError(
-            f"{path}: holds objects that weights-only loading refuses ({first}); "
-            "pass --trust-pickle if you trust the file"
-        ) from None
+        if trust_pickle:
+            mmap = zipfile.is_zipfile(path)  # legacy (non-zip) files cannot be memory-mapped
+            raw = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        else:
+            raw = load_torch_file(path, mmap=True, advice=TRUST_PICKLE_ADVICE)
     except (RuntimeError, EOFError, OSError) as err:
         raise OriginalCheckpointError(f"{path}: not a readable torch checkpoint ({err})") from None
     if not isinstance(raw, Mapping):
@@ -238,7 +241,9 @@ def convert_original_checkpoint(
 
     original_config: the release YAML (path) or its `model` mapping; None infers the model from
     the weight shapes and the schedule from the stored `schedule.alphas_cumprod`.
-    num_views: training views (N_train of attention biasing); default the YAML's, else 4.
+    num_views: the stage's training views, which set N_train of attention biasing to
+    (num_views + references) views of tokens; default: the original's rule (see
+    `training_views`), which ignores the YAML's num_views.
     prediction: "eps" | "v" when there is no YAML (weights cannot tell); default "eps".
     Raises OriginalCheckpointError (a PippoError) listing every unknown, missing or mis-shaped
     weight, FileNotFoundError / FileExistsError for paths. The file is written atomically and
@@ -267,16 +272,9 @@ def convert_original_checkpoint(
             f"original img_size={model_cfg['img_size']} but the generator's latent grid "
             f"{config.latent_size} x downsample {downsample_factor} = {image_size}"
         )
-    if num_views is None and model_cfg is not None:
-        num_views = int(model_cfg.get("num_views", DEFAULT_NUM_VIEWS))  # the original's default
-    if num_views is None:
-        num_views = DEFAULT_NUM_VIEWS
-        notes.append(
-            f"num_views={num_views} (the release configs' value): N_train of attention biasing "
-            "is (num_views + 1) views of tokens; pass --num-views to change it"
-        )
-    if num_views < 1:
-        raise OriginalCheckpointError(f"num_views={num_views}: must be >= 1")
+    training_options = {} if model_cfg is None else _training_options(model_cfg)
+    num_refs = 2 if training_options.get("use_face_crop") else 1
+    num_views, attention_training = training_views(config, num_refs, num_views, model_cfg)
 
     size, overrides = choose_model_size(config)
     stage_kwargs: dict[str, Any] = {
@@ -286,7 +284,6 @@ def convert_original_checkpoint(
         "num_views": num_views,
         "schedule": dataclasses.asdict(schedule),
     }
-    training_options = {} if model_cfg is None else _training_options(model_cfg)
     stage_kwargs.update(training_options)
     hparams, stage_state = _stage_checkpoint_parts(
         config, converted, stage_kwargs, downsample_factor
@@ -308,6 +305,7 @@ def convert_original_checkpoint(
             "model_key": model_key,
             "iteration": iteration,
             "model_config": _plain(dataclasses.asdict(config)),
+            "attention_training": attention_training,
             "compressor": {
                 "latent_channels": config.latent_channels,
                 "downsample_factor": downsample_factor,
@@ -327,6 +325,7 @@ def convert_original_checkpoint(
         model_overrides=overrides,
         image_size=image_size,
         num_views=num_views,
+        attention_training=attention_training,
         schedule=schedule,
         dropped={key: state[key].numel() for key in dropped},
         training_options=training_options,
@@ -335,10 +334,48 @@ def convert_original_checkpoint(
     )
 
 
+def training_views(
+    config: PippoConfig,
+    num_refs: int,
+    num_views: int | None = None,
+    model_cfg: Mapping[str, Any] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """(the stage's num_views, what sets its N_train of attention biasing) for a converted model.
+
+    The stage counts N_train as (num_views + num_refs) views of tokens. By default that is the
+    original's count (diffusion.attention_biasing.original_train_views: by resolution, whatever
+    its YAML's num_views says), so a converted model biases attention as the original does;
+    `num_views` (--num-views) overrides it.
+    """
+    tokens_per_view = config.tokens_per_view
+    if num_views is not None:
+        rule = f"--num-views {num_views} + {num_refs} reference view(s)"
+    else:
+        views, rule = original_train_views(tokens_per_view)
+        rule = f"the original's resolution rule: {rule}, whatever its config's num_views"
+        if model_cfg is not None and "num_views" in model_cfg:
+            rule += f" (here {model_cfg['num_views']})"
+        num_views = views - num_refs  # the original's views include the reference(s)
+        if num_views < 1:
+            raise OriginalCheckpointError(
+                f"the original's {views} training views at {tokens_per_view} tokens per view "
+                f"leave no target view beside {num_refs} references: pass --num-views"
+            )
+    if num_views < 1:
+        raise OriginalCheckpointError(f"num_views={num_views}: must be >= 1")
+    tokens = (num_views + num_refs) * tokens_per_view
+    return num_views, {
+        "rule": rule,
+        "views": num_views + num_refs,
+        "tokens_per_view": tokens_per_view,
+        "tokens": tokens,
+    }
+
+
 def load_converted_model(path: str | Path, map_location: str | torch.device = "cpu") -> Pippo:
     """The bare `Pippo` of a converted checkpoint, built from its stored model config (no stage,
     no compressor): for running the denoiser on latents directly."""
-    checkpoint = torch.load(Path(path), map_location=map_location, weights_only=True)
+    checkpoint = load_torch_file(Path(path), map_location=map_location)
     try:
         config = PippoConfig(**checkpoint["pippo_original"]["model_config"])
     except KeyError:
@@ -530,7 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--num-views",
         type=int,
-        help="training views, N_train of attention biasing (default: the config's, else 4)",
+        help="training views: N_train of attention biasing is (this + the reference) views of "
+        "tokens (default: the original's rule by resolution, e.g. 24 views in all at 128 px)",
     )
     parser.add_argument(
         "--prediction", choices=("eps", "v"), help="network output without --config (default eps)"
@@ -547,7 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--trust-pickle",
         action="store_true",
-        help="allow arbitrary unpickling of SRC (only for files you trust)",
+        help="allow SRC to unpickle objects that need code (off by default: such a file can "
+        "run anything; only for files you trust)",
     )
     parser.add_argument("--force", action="store_true", help="overwrite DST")
     return parser

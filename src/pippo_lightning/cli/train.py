@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,12 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
 from pippo_lightning.callbacks.reliability import exit_if_preempted
-from pippo_lightning.checkpointing import prepare_resume, reliability_plugins
+from pippo_lightning.checkpointing import (
+    allowed_checkpoint_globals,
+    prepare_resume,
+    refusal,
+    reliability_plugins,
+)
 from pippo_lightning.cli.common import (
     CONFIG_DIR,
     check_overrides,
@@ -70,7 +76,15 @@ def train(cfg: DictConfig) -> TrainResult:
     log.info("parameters: %s", ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()))
 
     try:
-        trainer.fit(stage, datamodule=datamodule, ckpt_path=ckpt_path)
+        # weights_only: resuming from a downloaded checkpoint must not run its code; this also
+        # reaches Lightning's own loads (a sharded checkpoint's meta.pt, atomic_checkpoints=false)
+        with allowed_checkpoint_globals():
+            try:
+                trainer.fit(stage, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            except pickle.UnpicklingError as err:  # Lightning's own loader refused the file
+                if ckpt_path is None:
+                    raise
+                raise refusal(ckpt_path, err) from err
         if trainer.is_global_zero:
             log_artifacts_if_enabled(
                 bool(cfg.get("wandb_artifacts")),

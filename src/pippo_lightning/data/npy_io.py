@@ -5,7 +5,7 @@ it likes. The reader here parses the ``.npy`` header itself and unpickles the di
 allow-list of constructors (numpy arrays and dtypes, torch tensors, ``OrderedDict``), so a garbage
 or hostile file is a :class:`~pippo_lightning.data.schema.SampleError`, never code execution or a
 crash. Torch tensors pickled inside the dict carry their storage as bytes in torch's own format;
-those bytes are read with ``torch.load(weights_only=True)`` for the same reason.
+those bytes are read weights-only (``checkpointing.load_torch_file``) for the same reason.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from pippo_lightning.checkpointing import load_torch_file
 from pippo_lightning.data.atomic import atomic_write_bytes
 from pippo_lightning.data.schema import SampleError
 
@@ -43,7 +43,7 @@ _ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
 
 def _load_storage_bytes(data: bytes) -> Any:
     """Replacement for ``torch.storage._load_from_bytes`` that refuses code in the bytes."""
-    return torch.load(io.BytesIO(data), weights_only=True)
+    return load_torch_file(io.BytesIO(data), map_location=None)
 
 
 class _SampleUnpickler(pickle.Unpickler):

@@ -27,3 +27,22 @@ def attention_softmax_scale(
     if head_dim < 1:
         raise ValueError(f"head_dim must be >= 1, got {head_dim}")
     return math.sqrt(gamma * math.log(num_tokens_infer) / math.log(num_tokens_train) / head_dim)
+
+
+def original_train_views(tokens_per_view: int) -> tuple[int, str]:
+    """(N_train in views, the rule that gave it) as the original release fixes it for attention
+    biasing: from the tokens per view alone, whatever its config's num_views says.
+
+    facebookresearch/pippo (6f80b22) latent_diffusion/models/dit.py, lines 171-185
+    ("hardcoded number of training views (depending on resolution)"): exactly 1024 tokens per
+    view (512 px) -> 12 views, more (1024 px) -> 2, fewer (e.g. 128 px, 64 tokens) -> 24. Its
+    views there count the reference(s) too: they join the sequence before the blocks
+    (`NV = NV + NVR`, line 624), so N_train = views x tokens_per_view is the whole sequence.
+    """
+    if tokens_per_view < 1:
+        raise ValueError(f"tokens_per_view must be >= 1, got {tokens_per_view}")
+    if tokens_per_view == 1024:
+        return 12, "exactly 1024 tokens per view (512 px) -> 12 views"
+    if tokens_per_view > 1024:
+        return 2, "more than 1024 tokens per view (1024 px) -> 2 views"
+    return 24, "fewer than 1024 tokens per view (e.g. 128 px) -> 24 views"

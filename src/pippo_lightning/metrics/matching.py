@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pippo_lightning.checkpointing import load_torch_file
 from pippo_lightning.errors import PippoError
 
 #: Offset from OpenCV/kornia pixel coordinates (centres on integers) to ours (centres on .5).
@@ -184,7 +185,7 @@ def resolve_weights(spec: str | Path, what: str, allow_download: bool) -> Path:
 
 def _load_state_dict(path: Path, nested_key: str | None = None) -> dict[str, Tensor]:
     """Tensors of a state-dict file; ``nested_key`` unwraps checkpoints that nest it."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_torch_file(path)
     if nested_key is not None and nested_key in state:
         state = state[nested_key]
     return state

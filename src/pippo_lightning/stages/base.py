@@ -19,6 +19,7 @@ from einops import rearrange
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
+from pippo_lightning.checkpointing import load_torch_file
 from pippo_lightning.compressors.base import Compressor
 from pippo_lightning.data.latent_cache import check_latent_identity
 from pippo_lightning.diffusion.attention_biasing import attention_softmax_scale
@@ -52,7 +53,7 @@ def load_stage_weights(path: str) -> dict[str, Tensor]:
     """The Pippo weights of a stage checkpoint (EMA where present), keys relative to the model."""
     if not Path(path).is_file():
         raise ConfigError(f"init_from={path}: no such checkpoint file")
-    return model_weights(torch.load(path, map_location="cpu", weights_only=True), path)
+    return model_weights(load_torch_file(path), path)
 
 
 @dataclasses.dataclass
