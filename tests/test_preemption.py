@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -144,3 +145,21 @@ def test_a_second_launch_in_the_same_run_directory_continues_it(compose_config, 
     assert steps == [1, 2, 3, 4]
     # a fresh directory starts fresh
     assert train_tiny(compose_config, tmp_path / "other", 1, "logger=csv").trainer.global_step == 1
+
+
+def test_run_directory_stamp_is_the_slurm_job_so_a_requeue_finds_it(monkeypatch) -> None:
+    from pippo_lightning.cli.common import run_stamp
+
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", run_stamp())  # no SLURM: the time
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_JOB_NAME", "pippo-p3")
+    assert run_stamp() == "slurm-77"
+    # an array task is requeued (and named) as <array job>_<task>, as Lightning requeues it
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "70")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert run_stamp() == "slurm-70_3"
+    # an interactive allocation runs several runs: they must not share (and resume) one dir
+    monkeypatch.setenv("SLURM_JOB_NAME", "interactive")
+    assert run_stamp().startswith("20")
