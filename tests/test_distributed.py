@@ -26,6 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from pippo_lightning.checkpointing import checkpoint_problem
 from pippo_lightning.cli.common import CONFIG_DIR, ddp_child_command
 from pippo_lightning.loggers import OfflineRun, read_offline_run
 from pippo_lightning.stages import STAGES, PippoStage, PostTrainStage
@@ -254,30 +255,24 @@ def test_ddp_child_command_reads_back_a_multirun_job_dir(tmp_path: Path) -> None
 
 
 # --------------------------------------------------------------------------- FSDP2
-def resume_refusal(checkpoint: Path) -> str | None:
-    """Why pippo-train's resume checks (issue #7) refuse a checkpoint, or None.
-
-    They were written for single-file checkpoints; until they accept a sharded checkpoint
-    directory, resuming one is an expected failure rather than a silent skip.
-    """
-    try:
-        from pippo_lightning.checkpointing import checkpoint_problem
-    except ImportError:
-        return None
-    return checkpoint_problem(checkpoint)
-
-
 def test_fsdp2_on_two_cpu_ranks_matches_ddp_and_resumes_from_its_sharded_checkpoint(
     ddp_run: Run, tmp_path: Path, data_dir: Path
 ) -> None:
     common = [*OVERRIDES, f"paths.root_dir={tmp_path}", f"paths.data_dir={data_dir}"]
-    first, resumed = tmp_path / "first", tmp_path / "resumed"
-    run_train(*common, *FSDP_FP32, f"hydra.run.dir={first}", cwd=tmp_path)
+    run = tmp_path / "run"
+    run_train(*common, *FSDP_FP32, f"hydra.run.dir={run}", cwd=tmp_path)
 
-    # a sharded checkpoint: a directory with one shard file per rank, EMA and optimizer inside
-    checkpoint = first / "checkpoints" / "last.ckpt"
+    # sharded checkpoints: directories with one shard file per rank, EMA and optimizer inside,
+    # each written whole under a temporary name and renamed (none left behind)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "last.ckpt",
+        "step0000002.ckpt",
+        "step0000004.ckpt",
+    ]
+    checkpoint = run / "checkpoints" / "last.ckpt"
     files = sorted(p.name for p in checkpoint.iterdir())
     assert files == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
+    assert checkpoint_problem(checkpoint) is None
     saved = consolidate_checkpoint(checkpoint, tmp_path / "first.ckpt")
     state = torch.load(saved, map_location="cpu", weights_only=True)["state_dict"]
     model_keys = {k.removeprefix("model.") for k in state if k.startswith("model.")}
@@ -287,37 +282,32 @@ def test_fsdp2_on_two_cpu_ranks_matches_ddp_and_resumes_from_its_sharded_checkpo
 
     # fp32 FSDP2 (bf16 off) with activation checkpointing computes what DDP computes: same
     # gradient norms, and the same validation of the EMA — each rank averaged its own shard
-    history = read_offline_run(first)
+    history = read_offline_run(run)
     for key in ("train/grad_norm", "val/loss", "val/psnr"):
         expected = [row[key] for row in ddp_run.history.rows if key in row]
         actual = [row[key] for row in history.rows if key in row]
         assert actual == pytest.approx(expected, rel=1e-5), key
 
-    # resume the sharded checkpoint with the preset's bf16 policy, two steps further
-    refusal = resume_refusal(checkpoint)
-    if refusal:
-        pytest.xfail(f"pippo_lightning.checkpointing refuses sharded checkpoints: {refusal}")
+    # the same launch again in the same run directory, with the preset's bf16 policy and two
+    # steps more: auto_resume finds the sharded checkpoint (no ckpt_path) and continues it
     run_train(
         *common,
         "hardware=gpu_fsdp",
         *TWO_CPU_RANKS,
-        f"ckpt_path={checkpoint}",
         "trainer.max_steps=6",
-        f"hydra.run.dir={resumed}",
+        f"hydra.run.dir={run}",
         cwd=tmp_path,
     )
-    history = read_offline_run(resumed)
+    history = read_offline_run(run)  # the newest offline run: the resumed one
     assert logged_steps(history, "train/loss") == [4, 5]  # continued, not restarted
-    after = consolidate_checkpoint(resumed / "checkpoints" / "last.ckpt", tmp_path / "after.ckpt")
+    after = consolidate_checkpoint(checkpoint, tmp_path / "after.ckpt")
     resumed_state = torch.load(after, map_location="cpu", weights_only=True)
     assert resumed_state["global_step"] == 6
     # the EMA came back from the checkpoint and went on averaging (a fresh copy would restart)
     assert int(resumed_state["state_dict"]["ema.num_updates"]) > int(state["ema.num_updates"])
 
     # the consolidated file is an ordinary checkpoint: it loads into a one-process stage
-    compressor = hydra.utils.instantiate(
-        OmegaConf.load(first / ".hydra" / "config.yaml").compressor
-    )
+    compressor = hydra.utils.instantiate(OmegaConf.load(run / ".hydra" / "config.yaml").compressor)
     stage = PostTrainStage.load_from_checkpoint(after, compressor=compressor, map_location="cpu")
     shadow = dict(stage.ema.shadow.named_parameters())
     for name, value in shadow.items():

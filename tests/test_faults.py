@@ -483,7 +483,9 @@ def start_cli(out: Path, data: Path, max_steps: int, *extra: str) -> subprocess.
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "WANDB_MODE": "offline",
-        "PYTHONPATH": str(REPO_ROOT),
+        # the repository (for tests.*) ahead of the caller's path, which may name the sources
+        # under test (a worktree's src/ rather than the installed checkout)
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
     }
     overrides = [
         *TINY_RUN,

@@ -23,13 +23,16 @@ from pippo_lightning.cli.train import main
 from pippo_lightning.compressors.identity import IdentityCompressor
 from pippo_lightning.data.convert import npy_to_shards
 from pippo_lightning.data.synthetic_studio import StudioConfig, generate_studio
+from pippo_lightning import preflight
 from pippo_lightning.preflight import (
+    check_hardware,
     check_model,
     check_settings,
     latent_geometry,
     validate_run_config,
 )
 from pippo_lightning.stages import MidTrainStage, PostTrainStage
+from pippo_lightning.stages.config import ConfigError
 from tests.conftest import TINY_RUN
 
 #: what Hydra itself leaves in a run directory before the task starts (the convention)
@@ -144,6 +147,67 @@ def test_full_model_patch_grid_is_checked_without_building_it(compose_config) ->
     cfg = compose_config("model=full", "image_size=68", "compressor.space_to_depth=4")
     with pytest.raises(ConfigError, match="latent_size=17"):
         validate_run_config(cfg)
+
+
+# ----------------------------------------------------------------------------- hardware
+def machine_with_gpus(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    """Make the preflight see `count` GPUs, whatever this machine has."""
+    monkeypatch.setattr(preflight, "count_gpus", lambda accelerator="cuda": count)
+
+
+@pytest.mark.parametrize(
+    ("preset", "needed"),
+    [("gpu_16gb", "1 CUDA GPU "), ("gpu_80gb", "1 CUDA GPU "), ("gpu_8x_ddp", "8 CUDA GPUs")],
+)
+def test_gpu_preset_on_a_cpu_machine_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch, capsys, preset: str, needed: str
+) -> None:
+    machine_with_gpus(monkeypatch, 0)
+    line = assert_refused(
+        tmp_path,
+        monkeypatch,
+        capsys,
+        (f"hardware={preset}",),
+        (
+            f"hardware={preset} needs {needed}",
+            "trainer.accelerator=gpu",
+            "this machine has no CUDA",
+        ),
+    )
+    assert line.endswith("use hardware=cpu (or trainer.accelerator=cpu)"), line
+    assert "No supported gpu backend" not in line
+
+
+def test_more_gpus_than_the_machine_has_is_refused(tmp_path: Path, monkeypatch, capsys) -> None:
+    machine_with_gpus(monkeypatch, 1)
+    assert_refused(
+        tmp_path,
+        monkeypatch,
+        capsys,
+        ("hardware=gpu_8x_ddp",),
+        (
+            "hardware=gpu_8x_ddp needs 8 CUDA GPUs per node",
+            "trainer.devices=8",
+            "this machine has 1 GPU:",
+            "use trainer.devices=1 (or fewer), or hardware=cpu",
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("devices", "available", "refused"),
+    [(2, 2, False), (2, 1, True), ("auto", 1, False), ("auto", 0, True), ([1], 1, True)],
+)
+def test_device_count_is_checked_against_the_gpus_there_are(
+    compose_config, devices: object, available: int, refused: bool
+) -> None:
+    cfg = compose_config("trainer.accelerator=gpu", f"trainer.devices={devices}")
+    if refused:
+        with pytest.raises(ConfigError, match=f"this machine has {available or 'no'}"):
+            check_hardware(cfg, gpus_available=available)
+    else:
+        check_hardware(cfg, gpus_available=available)
+    check_hardware(compose_config("trainer.devices=4"), gpus_available=0)  # CPU processes
 
 
 # ----------------------------------------------------------------------------- (a) views
@@ -309,4 +373,5 @@ def test_every_shipped_recipe_passes_the_settings_and_model_checks(
         cfg = compose_config(preset, "stage.init_from=null", f"compressor.pretrained={vae}")
     assert latent_geometry(cfg.compressor) is not None  # the model check really runs
     check_settings(cfg)
+    check_hardware(cfg, gpus_available=8)  # a GPU preset passes where its GPUs are
     check_model(cfg)

@@ -160,8 +160,7 @@ def checkpoint_problem(path: str | Path) -> str | None:
     """
     path = Path(path)
     if path.is_dir():
-        # a sharded (torch.distributed.checkpoint) checkpoint: its metadata is written last
-        return None if (path / ".metadata").is_file() else "sharded checkpoint without .metadata"
+        return sharded_checkpoint_problem(path)
     if not path.is_file():
         return "no such file"
     try:
@@ -174,6 +173,42 @@ def checkpoint_problem(path: str | Path) -> str | None:
         return f"damaged member {bad!r} (CRC mismatch)"
     if not any(name.endswith("data.pkl") for name in names):
         return "no data.pkl in the archive"
+    return None
+
+
+#: what Lightning's ModelParallelStrategy writes next to the shards: everything but the weights
+#: and optimizer states (step, loops, callbacks), written last by rank 0
+SHARDED_META = "meta.pt"
+
+
+def sharded_checkpoint_problem(path: Path) -> str | None:
+    """Why the sharded checkpoint directory `path` is incomplete, or None.
+
+    torch.distributed.checkpoint writes each rank's shard file, then `.metadata` (which names
+    every shard file and the byte range each tensor occupies in it); Lightning then writes
+    `meta.pt`. Each must be there, and every shard file at least as long as `.metadata` says.
+    """
+    from torch.distributed.checkpoint import FileSystemReader
+
+    if not (path / ".metadata").is_file():
+        return "sharded checkpoint without .metadata (its save did not finish)"
+    meta_problem = checkpoint_problem(path / SHARDED_META)
+    if meta_problem:
+        return f"sharded checkpoint with a bad {SHARDED_META}: {meta_problem}"
+    try:
+        metadata = FileSystemReader(str(path)).read_metadata()
+    except Exception as err:  # unpickling errors come in many types
+        return f"sharded checkpoint with an unreadable .metadata ({err})"
+    needed: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        name = str(info.relative_path)
+        needed[name] = max(needed.get(name, 0), info.offset + info.length)
+    for name, size in sorted(needed.items()):
+        shard = path / name
+        if not shard.is_file():
+            return f"sharded checkpoint without its shard {name}"
+        if shard.stat().st_size < size:
+            return f"shard {name} is truncated ({shard.stat().st_size} of {size} bytes)"
     return None
 
 
@@ -245,6 +280,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         super().remove_checkpoint(path)  # recursive: sharded checkpoints are directories
 
 
+def replace_directory(tmp: Path, path: Path) -> None:
+    """Make the fully written directory `tmp` the checkpoint `path` by renames only (a sharded
+    checkpoint's atomic write; the previous one is deleted once the new one is in place)."""
+    old = path.with_name(f".{path.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if path.is_dir():
+        os.replace(path, old)
+    elif path.exists():
+        path.unlink()
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def _no_space_reason(err: BaseException) -> str | None:
     """Why `err` means the storage is full, or None when it is another failure.
 
@@ -276,7 +326,7 @@ def _no_space_message(path: Path, reason: str) -> str:
     return (
         f"cannot write checkpoint {path}: {reason}; {free}; the partial file was removed and "
         f"{kept}. Free space (or set callbacks.model_checkpoint.dirpath elsewhere, or keep fewer "
-        "checkpoints) and rerun with auto_resume=true"
+        "checkpoints) and rerun in the same run directory (auto_resume=true)"
     )
 
 
@@ -295,7 +345,8 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def find_resume_checkpoint(directory: str | Path) -> Path | None:
-    """The newest valid checkpoint (`*.ckpt`, by modification time) under `directory`.
+    """The newest valid checkpoint (`*.ckpt`, a file or a sharded directory, by modification
+    time) under `directory`.
 
     Damaged files are skipped with a warning, so a crash while the newest was being written
     (or a corrupted newest file) falls back to the previous good one. None: nothing to resume.
@@ -313,8 +364,11 @@ def find_resume_checkpoint(directory: str | Path) -> Path | None:
 
 
 def _newest_first_key(path: Path) -> tuple[float, int]:
+    # a sharded checkpoint is as new as its meta.pt (written last; a directory's own mtime
+    # follows its entries, not their contents)
+    written = path / SHARDED_META if (path / SHARDED_META).is_file() else path
     # last.ckpt and the step file of the same save share an mtime; prefer last.ckpt then
-    return (-path.stat().st_mtime, 0 if path.name == "last.ckpt" else 1)
+    return (-written.stat().st_mtime, 0 if path.name == "last.ckpt" else 1)
 
 
 def resolve_ckpt_path(
@@ -343,7 +397,7 @@ def read_callback_state(ckpt_path: str | Path, key: str) -> Any:
     path = Path(ckpt_path)
     if path.is_dir():
         # a sharded checkpoint keeps everything but the weights and optimizer in meta.pt
-        path = path / "meta.pt"
+        path = path / SHARDED_META
         if not path.is_file():
             return None
         checkpoint = load_torch_file(path)
@@ -377,7 +431,7 @@ def prepare_resume(cfg: Any) -> str | None:
     from pippo_lightning.callbacks.reliability import WANDB_RUN_ID_KEY
 
     ckpt_path = resolve_ckpt_path(
-        cfg.get("ckpt_path"), bool(cfg.get("auto_resume", False)), run_checkpoint_dir(cfg)
+        cfg.get("ckpt_path"), bool(cfg.get("auto_resume", True)), run_checkpoint_dir(cfg)
     )
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
     if ckpt_path is None or wandb_cfg is None:

@@ -11,6 +11,8 @@ Hydra's own ``.hydra/`` and log file. The checks, cheapest first:
 - views: the target views asked for against the views one sample has (the synthetic studio's
   cameras, or the first sample of a dataset on disk — a shard is not even read, only its
   tensor header);
+- hardware: the accelerator and device count the trainer asks for (a GPU preset on a machine
+  without a GPU, 8 GPUs on a 1-GPU machine) against what this machine has;
 - model: a dry build of the stage on the meta device (no memory, no weights) runs every check
   the stage makes when it is built for real — the patch grid among them — and gives the weight
   shapes an init checkpoint (``stage.init_from``) must match; the checkpoint is memory-mapped,
@@ -67,9 +69,13 @@ STAGE_SETTINGS: dict[str, type] = {
 Shapes = dict[str, tuple[int, ...]]
 
 
-def validate_run_config(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first thing wrong with `cfg` (see the module docstring)."""
+def validate_run_config(cfg: DictConfig, gpus_available: int | None = None) -> None:
+    """Raise ConfigError for the first thing wrong with `cfg` (see the module docstring).
+
+    `gpus_available`: the GPUs this machine has (default: counted with torch.cuda).
+    """
     check_settings(cfg)
+    check_hardware(cfg, gpus_available)
     check_views(cfg)
     check_model(cfg)
 
@@ -159,6 +165,79 @@ def check_warmup(optimizer: OptimizerConfig, trainer: DictConfig) -> None:
             max_steps,
             optimizer.lr,
         )
+
+
+# --------------------------------------------------------------------------- hardware
+#: accelerators that ask for a GPU
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def check_hardware(cfg: DictConfig, gpus_available: int | None = None) -> None:
+    """A GPU trainer on a machine without (enough) GPUs fails here with the preset named,
+    instead of as Lightning's "No supported gpu backend found!" inside an instantiate error."""
+    trainer = cfg.trainer
+    accelerator = str(trainer.get("accelerator", "auto")).lower()
+    if accelerator not in GPU_ACCELERATORS:
+        return  # cpu, or auto: Lightning takes what there is
+    available = count_gpus(accelerator) if gpus_available is None else gpus_available
+    devices = trainer.get("devices", "auto")
+    needed = gpus_needed(devices)
+    if available >= needed:
+        return
+    if available:
+        has = f"{available} GPU{'s' if available > 1 else ''}"
+        way_out = f"trainer.devices={available} (or fewer), or hardware=cpu"
+    else:
+        has, way_out = no_gpu_reason(), "hardware=cpu (or trainer.accelerator=cpu)"
+    raise ConfigError(
+        f"{hardware_choice()} needs {needed} CUDA GPU{'s' if needed > 1 else ''} per node "
+        f"(trainer.accelerator={accelerator}, trainer.devices={devices}); this machine has "
+        f"{has}: use {way_out}"
+    )
+
+
+def gpus_needed(devices: Any) -> int:
+    """GPUs per node `trainer.devices` asks for: a count, a list of indices, -1 / auto (>= 1)."""
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text in ("auto", "-1"):
+            return 1
+        if "," in text:  # Lightning reads "0,1" as device indices
+            devices = [int(part) for part in text.split(",") if part.strip()]
+        elif text.isdigit():
+            devices = int(text)
+        else:
+            raise ConfigError(f"trainer.devices={devices!r}: expected a count, indices or auto")
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        return 1 if devices == -1 else devices
+    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
+        indices = [int(i) for i in devices]
+        return max(indices) + 1 if indices else 1  # index i needs i + 1 visible GPUs
+    raise ConfigError(f"trainer.devices={devices!r}: expected a count, indices or auto")
+
+
+def count_gpus(accelerator: str = "cuda") -> int:
+    if torch.cuda.is_available():
+        return torch.cuda.device_count()
+    # Lightning runs accelerator=gpu on Apple's MPS (one device) where there is no CUDA
+    return int(accelerator == "gpu" and torch.backends.mps.is_available())
+
+
+def no_gpu_reason() -> str:
+    if torch.version.cuda is None:
+        return f"no CUDA GPU (torch {torch.__version__} is built without CUDA)"
+    return "no CUDA GPU visible (torch.cuda.device_count() == 0; check CUDA_VISIBLE_DEVICES)"
+
+
+def hardware_choice() -> str:
+    """`hardware=<preset>` as chosen for this run, else the trainer key that asks for a GPU."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        preset = HydraConfig.get().runtime.choices.get("hardware")
+    except ValueError:  # no Hydra run (a config built in Python)
+        preset = None
+    return f"hardware={preset}" if preset else "the trainer config"
 
 
 # --------------------------------------------------------------------------- views

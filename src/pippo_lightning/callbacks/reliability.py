@@ -1,4 +1,5 @@
-"""Callbacks that make a run survive interruption: exact resume, non-finite guard, preemption.
+"""Callbacks that make a run survive interruption: exact resume, non-finite guard (preemption:
+`callbacks.preemption`).
 
 `ExactResume` stores what Lightning's checkpoint leaves out so that a resumed run continues
 bit-for-bit like an uninterrupted one: the random stream the training steps draw from, the
@@ -10,10 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import random
-import signal
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import lightning as L
@@ -22,14 +21,18 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from torch.utils.data import DataLoader
 
+# preemption lives in its own module; these names stay importable from here
+from pippo_lightning.callbacks.preemption import (  # noqa: F401
+    PREEMPTED_EXIT_CODE,
+    Preemption,
+    exit_if_preempted,
+)
 from pippo_lightning.errors import PippoError
 
 log = logging.getLogger(__name__)
 
 #: key of the W&B run id in ExactResume's checkpoint state (read by cli.train before fitting)
 WANDB_RUN_ID_KEY = "wandb_run_id"
-#: exit status of a run stopped by SIGTERM/SIGUSR1 after writing its checkpoint (128 + SIGTERM)
-PREEMPTED_EXIT_CODE = 143
 
 RngState = dict[str, Any]
 
@@ -331,85 +334,3 @@ class NonFiniteGuard(L.Callback):
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.skipped = state_dict.get("skipped", 0)
         self.consecutive = state_dict.get("consecutive", 0)
-
-
-# --------------------------------------------------------------------------- preemption
-class Preemption(L.Callback):
-    """On SIGTERM or SIGUSR1: finish the current step, write `<dirpath>/last.ckpt`, stop.
-
-    `cli.train` then exits with PREEMPTED_EXIT_CODE so a scheduler can tell "preempted, resume
-    me" from success and from failure. Lightning's own SIGTERM handler is replaced while training:
-    it would raise at whichever loop boundary comes next (epoch end, validation), possibly
-    before this callback's checkpoint; the previous handlers are put back when training ends.
-    """
-
-    def __init__(
-        self,
-        dirpath: str,
-        filename: str = "last.ckpt",
-        signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1"),
-    ) -> None:
-        self.path = Path(dirpath) / filename
-        self.signals = tuple(getattr(signal, name) for name in signals)
-        self.received: int | None = None
-        self.saved_path: Path | None = None
-        self._previous: dict[int, Any] = {}
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # after Lightning registered its handlers (trainer start), so ours replaces them
-        if not _main_thread():
-            return
-        for signum in self.signals:
-            self._previous[signum] = signal.getsignal(signum)
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        # only a flag: the step in flight finishes, on_train_batch_end checkpoints and stops
-        self.received = signum
-
-    def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        flag = torch.tensor(0 if self.received is None else 1, device=pl_module.device)
-        # all ranks stop at the same step, even when the signal reached only some of them
-        if int(trainer.strategy.reduce(flag, reduce_op="max")) == 0:
-            return
-        self.received = self.received or signal.SIGTERM
-        trainer.save_checkpoint(self.path)
-        self.saved_path = self.path
-        trainer.should_stop = True
-        log.warning("preempted by signal %d: checkpoint written to %s", self.received, self.path)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore_handlers()
-
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
-        self._restore_handlers()
-
-    def _restore_handlers(self) -> None:
-        for signum, previous in self._previous.items():
-            if previous is not None:
-                signal.signal(signum, previous)
-        self._previous = {}
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def exit_if_preempted(trainer: L.Trainer) -> None:
-    """Exit with PREEMPTED_EXIT_CODE when a Preemption callback stopped the run (its checkpoint
-    is written); a no-op otherwise."""
-    for callback in trainer.callbacks:
-        if isinstance(callback, Preemption) and callback.saved_path is not None:
-            log.warning("exiting after preemption; resume from %s", callback.saved_path)
-            raise SystemExit(PREEMPTED_EXIT_CODE)

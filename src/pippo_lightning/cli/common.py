@@ -27,6 +27,24 @@ CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 #: experiments/ holds the named recipes, composed as the `experiment` config group.
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[3] / "experiments"
 
+
+def run_stamp() -> str:
+    """The run directory's stamp (`${run_stamp:}` in configs/hydra): `slurm-<job id>` in a SLURM
+    job, so a requeued job lands in the same directory and auto-resumes there; else the start
+    time. An interactive allocation (job name bash/interactive, as Lightning reads it) is
+    several runs, so it gets the time."""
+    from pippo_lightning.callbacks.preemption import slurm_job_id
+
+    job_id = slurm_job_id()
+    if job_id and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        return f"slurm-{job_id}"
+    from datetime import datetime
+
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+OmegaConf.register_new_resolver("run_stamp", run_stamp, replace=True)
+
 USER_ERRORS: tuple[type[BaseException], ...] = (
     PippoError,
     ConfigError,

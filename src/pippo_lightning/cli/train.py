@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
-from pippo_lightning.callbacks.reliability import exit_if_preempted
+from pippo_lightning.callbacks.preemption import exit_if_preempted
 from pippo_lightning.checkpointing import (
     allowed_checkpoint_globals,
     prepare_resume,

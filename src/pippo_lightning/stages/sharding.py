@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -107,6 +108,27 @@ class FullyShardedStrategy(ModelParallelStrategy):
         # num_nodes and the per-node devices are known here, before the mesh is built
         self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None
+    ) -> None:
+        """A sharded checkpoint is written whole into a temporary sibling directory, then renamed
+        over `filepath`: Lightning writes into the existing directory in place, so a crash
+        mid-save would leave the previous `.metadata` next to half-new shards."""
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        from pippo_lightning.checkpointing import replace_directory
+
+        path = Path(self.broadcast(str(filepath)))
+        tmp = path.with_name(f".{path.name}.tmp")
+        if self.global_rank == 0 and tmp.exists():
+            shutil.rmtree(tmp)  # left by a crash: never a checkpoint (no .ckpt name)
+        self.barrier("pippo-sharded-checkpoint-start")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        self.barrier("pippo-sharded-checkpoint-written")  # every shard, .metadata and meta.pt
+        if self.global_rank == 0:
+            replace_directory(tmp, path)
+        self.barrier("pippo-sharded-checkpoint-renamed")
 
 
 def sharding_config(stage: PippoStage) -> ShardingConfig:
