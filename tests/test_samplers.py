@@ -13,6 +13,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import Tensor
 
+from pippo_lightning.cli.sampler_table import pick_baseline, pick_cheapest
 from pippo_lightning.diffusion import (
     DDIMSampler,
     DPMSolverPlusPlus2MSampler,
@@ -331,3 +332,23 @@ def test_stage_refuses_eta_with_an_ode_solver_when_built(compose_config) -> None
 def test_sampler_name_reads_classes_and_partials() -> None:
     assert sampler_name(DDIMSampler) == "ddim"
     assert sampler_name(functools.partial(UniPCSampler, solver_order=3)) == "unipc"
+
+
+def test_sampler_table_picks_the_fewest_steps_within_the_tolerance() -> None:
+    def row(sampler: str, steps: int, gt: float, ref: float) -> dict[str, Any]:
+        return {"sampler": sampler, "steps": steps, "psnr_gt": gt, "psnr_vs_reference": ref}
+
+    rows = [
+        row("ddim", 10, 18.0, 25.0),
+        row("ddim", 50, 19.0, 35.0),
+        row("unipc", 5, 18.4, 26.0),
+        row("unipc", 10, 18.9, 33.0),
+        row("dpmpp_2m", 10, 18.7, 34.8),
+        row("dpmpp_2m", 20, 19.1, 36.0),
+    ]
+    baseline = pick_baseline(rows, "ddim", 50)
+    assert pick_cheapest(rows, baseline, 0.5) == row("unipc", 10, 18.9, 33.0)
+    both = pick_cheapest(rows, baseline, 0.5, keys=("psnr_gt", "psnr_vs_reference"))
+    assert both == row("dpmpp_2m", 10, 18.7, 34.8)
+    with pytest.raises(ConfigError, match=r"table.baseline=ddim-25 is not measured"):
+        pick_baseline(rows, "ddim", 25)

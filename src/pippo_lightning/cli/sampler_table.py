@@ -113,7 +113,12 @@ def measure(cfg: DictConfig, stage: PippoStage, batches: list[dict[str, Any]]) -
         },
         "baseline": baseline,
         "tolerance_db": float(table.tolerance_db),
-        "pick": pick_cheapest(rows, baseline["psnr_gt"] - float(table.tolerance_db)),
+        "pick": pick_cheapest(rows, baseline, float(table.tolerance_db)),
+        # ground-truth PSNR rewards blur as well as accuracy: the same rule, also held to DDIM-50's
+        # closeness to the converged (reference) sample
+        "pick_also_near_reference": pick_cheapest(
+            rows, baseline, float(table.tolerance_db), keys=("psnr_gt", "psnr_vs_reference")
+        ),
         "rows": rows,
         "sampling": {**asdict(scorer.sampling), "num_steps": "per row"},
         "subjects": sum(len(t) for t in scorer.targets),
@@ -133,14 +138,21 @@ def pick_baseline(rows: list[dict[str, Any]], sampler: str, steps: int) -> dict[
     )
 
 
-def pick_cheapest(rows: list[dict[str, Any]], floor_db: float) -> dict[str, Any]:
-    """Fewest steps with ground-truth PSNR >= floor_db; among those, the best PSNR."""
-    passing = [row for row in rows if row["psnr_gt"] >= floor_db]
+def pick_cheapest(
+    rows: list[dict[str, Any]],
+    baseline: dict[str, Any],
+    tolerance_db: float,
+    keys: tuple[str, ...] = ("psnr_gt",),
+) -> dict[str, Any]:
+    """Fewest steps within `tolerance_db` of the baseline on every PSNR of `keys`; among those,
+    the best ground-truth PSNR (the baseline itself always qualifies)."""
+    passing = [row for row in rows if all(row[k] >= baseline[k] - tolerance_db for k in keys)]
     return min(passing, key=lambda row: (row["steps"], -row["psnr_gt"]))
 
 
 def markdown(result: dict[str, Any], checkpoint: str, step: int | None) -> str:
     ref, base, pick = result["reference"], result["baseline"], result["pick"]
+    near = result["pick_also_near_reference"]
     lines = [
         f"Checkpoint `{checkpoint}` (step {step}); {result['subjects']} held-out subject(s) x "
         f"{result['views_per_subject']} views at {result['image_size']} px on "
@@ -148,7 +160,8 @@ def markdown(result: dict[str, Any], checkpoint: str, step: int | None) -> str:
         f"{result['sampling']['seed']}. Reference: DDIM-{ref['steps']} "
         f"({ref['seconds']:.2f} s, {ref['psnr_gt']:.2f} dB against the ground truth).",
         "",
-        "| sampler | steps | seconds | x DDIM-50 time | PSNR vs ground truth (dB) "
+        f"| sampler | steps | seconds | x {base['sampler']}-{base['steps']} time "
+        "| PSNR vs ground truth (dB) "
         f"| PSNR vs DDIM-{ref['steps']} (dB) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
@@ -165,6 +178,12 @@ def markdown(result: dict[str, Any], checkpoint: str, step: int | None) -> str:
         f"ground-truth PSNR ({pick['psnr_gt']:.2f} dB) is within {result['tolerance_db']} dB of "
         f"DDIM-{base['steps']} ({base['psnr_gt']:.2f} dB), at "
         f"{pick['seconds'] / base['seconds']:.2f}x its time.",
+        "",
+        f"Held also to DDIM-{base['steps']}'s closeness to DDIM-{ref['steps']} "
+        f"({base['psnr_vs_reference']:.2f} dB, same tolerance): **{near['sampler']} at "
+        f"{near['steps']} steps** ({near['psnr_gt']:.2f} dB against the ground truth, "
+        f"{near['psnr_vs_reference']:.2f} dB against DDIM-{ref['steps']}, "
+        f"{near['seconds'] / base['seconds']:.2f}x the time).",
     ]
     return "\n".join(lines)
 
