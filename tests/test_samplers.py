@@ -25,7 +25,9 @@ from pippo_lightning.diffusion import (
 from pippo_lightning.diffusion.guidance import bump_cfg_scale
 from pippo_lightning.diffusion.sampling import Sampler, sampler_name
 from pippo_lightning.diffusion.schedules import compute_alphas_cumprod
+from pippo_lightning.inference import generate_views
 from pippo_lightning.stages.config import ConfigError, SamplingConfig
+from tests.test_fidelity_options import make_batch, make_stage
 
 DIFFUSERS_KIND = {"cosine": "squaredcos_cap_v2", "linear": "linear"}
 DIFFUSERS_PREDICTION = {"eps": "epsilon", "v": "v_prediction"}
@@ -347,8 +349,41 @@ def test_sampler_table_picks_the_fewest_steps_within_the_tolerance() -> None:
         row("dpmpp_2m", 20, 19.1, 36.0),
     ]
     baseline = pick_baseline(rows, "ddim", 50)
-    assert pick_cheapest(rows, baseline, 0.5) == row("unipc", 10, 18.9, 33.0)
+    # 10 steps is the fewest within 0.5 dB of DDIM-50; of those, dpmpp_2m is nearest DDIM-250
+    assert pick_cheapest(rows, baseline, 0.5) == row("dpmpp_2m", 10, 18.7, 34.8)
+    rows.append(row("unipc", 5, 18.6, 34.0))
+    assert pick_cheapest(rows, baseline, 0.5) == row("unipc", 5, 18.6, 34.0)
     both = pick_cheapest(rows, baseline, 0.5, keys=("psnr_gt", "psnr_vs_reference"))
     assert both == row("dpmpp_2m", 10, 18.7, 34.8)
     with pytest.raises(ConfigError, match=r"table.baseline=ddim-25 is not measured"):
         pick_baseline(rows, "ddim", 25)
+
+
+def test_generation_runs_the_sampler_it_is_given_with_attention_biasing_and_bump_cfg(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stage = make_stage(sampler=DDIMSampler)
+    built: list[Sampler] = []
+
+    def unipc(schedule: NoiseSchedule, config: SamplerConfig) -> Sampler:
+        built.append(UniPCSampler(schedule, config))
+        return built[-1]
+
+    scales: list[Any] = []
+    denoise = stage.denoise
+
+    def spy(*args: Any, **kwargs: Any) -> Tensor:
+        scales.append(args[4])
+        return denoise(*args, **kwargs)
+
+    monkeypatch.setattr(stage, "denoise", spy)
+    sampling = SamplingConfig(
+        num_steps=3, cfg_scale=3.0, cfg_schedule="bump", attention_gamma=1.5, clip_x0=1.0
+    )
+    images = generate_views(stage, make_batch(views=3), sampling, sampler=unipc)
+    assert len(built) == 1 and list(built[0].timesteps) == [999, 666, 333]
+    assert images.shape == (2, 3, 3, 16, 16) and torch.isfinite(images).all()
+    assert len(scales) == 3 and scales[0] is not None  # biased attention, one call per step
+    # without a sampler of its own the stage's (DDIM here) samples: other timesteps, other images
+    again = generate_views(stage, make_batch(views=3), sampling)
+    assert len(built) == 1 and not torch.allclose(again, images)

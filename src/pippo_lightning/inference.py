@@ -321,7 +321,7 @@ def batch_to(batch: Batch, device: torch.device | str) -> Batch:
 
 @contextmanager
 def sampling_progress(
-    networks: Sequence[nn.Module], num_steps: int, enabled: bool = True, label: str = "ddim"
+    networks: Sequence[nn.Module], num_steps: int, enabled: bool = True, label: str = "DDIM"
 ) -> Iterator[None]:
     """A rich progress bar over the sampler's steps while the block runs.
 
@@ -375,7 +375,7 @@ def generate_views(
     """
     # The trained network and, when the stage keeps one, its EMA copy (which sampling prefers).
     networks = [m for m in stage.modules() if isinstance(m, Pippo)]
-    label = sampler_name(sampler or stage.sampler_factory)
+    label = sampler_name(sampler or stage.sampler_factory).upper()
     with sampling_progress(networks, sampling.num_steps, enabled=progress, label=label):
         return stage.generate(batch, sampling, sampler=sampler)
 
