@@ -196,9 +196,8 @@ def generate(cfg: DictConfig) -> GenerateResult:
     batch = batch_to(batch, device)
     sampling = sampling_config(stage, OmegaConf.to_container(cfg.sampling, resolve=True))
     sampler: SamplerFactory = hydra.utils.instantiate(cfg.sampler)
-    stage.build_sampler(
-        sampling, sampler
-    )  # a sampler refusing these settings fails before sampling
+    # a sampler refusing these settings (eta > 0 with an ODE solver) fails before sampling
+    stage.build_sampler(sampling, sampler)
     views, generate_s, peak = measured_generation(stage, batch, sampling, device, cfg, sampler)
 
     out = Path(cfg.paths.output_dir)
