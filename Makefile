@@ -13,7 +13,7 @@ OWN_VARS := ARGS=% CONFIG=% VENV=% HW=% INIT=% CKPT=% PHOTO=% DATA=%
 HYDRA_ARGS = $(filter-out $(OWN_VARS),$(MAKEOVERRIDES)) $(if $(HW),hardware=$(HW)) $(if $(INIT),stage.init_from=$(INIT)) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install train train-stage1 train-stage2 train-stage3 sweep test test-slow test-all test-faults lint format bench eval generate data-validate data-demo download-samples clean
+.PHONY: help install train train-stage1 train-stage2 train-stage3 sweep test test-slow test-all test-faults lint format bench eval sampler-table generate data-validate data-demo download-samples clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ PHOTO ?=
 
 eval: $(STAMP) ## score a checkpoint on held-out subjects (CKPT=..., default: newest run's last.ckpt; ARGS="...")
 	$(VENV)/bin/pippo-eval ckpt=$(CKPT) $(ARGS)
+
+sampler-table: $(STAMP) ## steps vs seconds vs PSNR per sampler (ddim, dpmpp_2m, unipc) against DDIM-250 on CKPT=... (ARGS="table.steps=[5,10] ...")
+	$(PY) -m pippo_lightning.cli.sampler_table ckpt=$(CKPT) $(ARGS)
 
 generate: $(STAMP) ## one photo -> a turnaround (PHOTO=..., CKPT=... as for eval; ARGS="num_views=24 ...")
 	$(VENV)/bin/pippo-generate ckpt=$(CKPT) photo=$(PHOTO) $(ARGS)

@@ -198,7 +198,7 @@ def test_bad_schedule_config_names_the_field(field: str, value: object) -> None:
     [("num_steps", 0), ("eta", -0.1), ("cfg_rescale", 1.5), ("clip_x0", 0.0)],
 )
 def test_bad_ddim_config_names_the_field(field: str, value: object) -> None:
-    with pytest.raises(ValueError, match=rf"DDIMConfig\.{field}={value!r}"):
+    with pytest.raises(ValueError, match=rf"SamplerConfig\.{field}={value!r}"):
         DDIMConfig(**{field: value})
 
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from pippo_lightning.checkpointing import allowed_checkpoint_globals, load_torch_file, refusal
 from pippo_lightning.data.dataset import resize_images
+from pippo_lightning.diffusion.sampling import SamplerFactory, sampler_name
 from pippo_lightning.errors import PippoError
 from pippo_lightning.geometry.anchors import render_spatial_anchor
 from pippo_lightning.geometry.cameras import camera_pose_vector, relative_azimuth_deg
@@ -319,10 +320,10 @@ def batch_to(batch: Batch, device: torch.device | str) -> Batch:
 
 
 @contextmanager
-def ddim_progress(
-    networks: Sequence[nn.Module], num_steps: int, enabled: bool = True
+def sampling_progress(
+    networks: Sequence[nn.Module], num_steps: int, enabled: bool = True, label: str = "DDIM"
 ) -> Iterator[None]:
-    """A rich progress bar over DDIM steps while the block runs.
+    """A rich progress bar over the sampler's steps while the block runs.
 
     The sampler calls the network exactly once per step (conditional and unconditional rows
     share one batched call), so a forward hook on the network advances the bar by one step.
@@ -342,14 +343,14 @@ def ddim_progress(
     )
 
     columns = (
-        TextColumn("DDIM"),
+        TextColumn(label),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
     with Progress(*columns) as progress:
-        task = progress.add_task("ddim", total=num_steps)
+        task = progress.add_task(label, total=num_steps)
         handles = [
             network.register_forward_hook(lambda *_: progress.advance(task)) for network in networks
         ]
@@ -361,13 +362,22 @@ def ddim_progress(
 
 
 def generate_views(
-    stage: PippoStage, batch: Batch, sampling: SamplingConfig, progress: bool = False
+    stage: PippoStage,
+    batch: Batch,
+    sampling: SamplingConfig,
+    progress: bool = False,
+    sampler: SamplerFactory | None = None,
 ) -> Tensor:
-    """All target views of ``batch`` in one sequence (one sampling call) → [B, NV, 3, R, R]."""
+    """All target views of ``batch`` in one sequence (one sampling call) → [B, NV, 3, R, R].
+
+    ``sampler``: the `sampler` config group's choice (DDIM, DPM-Solver++ 2M, UniPC); None: the
+    stage's own.
+    """
     # The trained network and, when the stage keeps one, its EMA copy (which sampling prefers).
     networks = [m for m in stage.modules() if isinstance(m, Pippo)]
-    with ddim_progress(networks, sampling.num_steps, enabled=progress):
-        return stage.generate(batch, sampling)
+    label = sampler_name(sampler or stage.sampler_factory).upper()
+    with sampling_progress(networks, sampling.num_steps, enabled=progress, label=label):
+        return stage.generate(batch, sampling, sampler=sampler)
 
 
 def with_seed(sampling: SamplingConfig, seed: int) -> SamplingConfig:

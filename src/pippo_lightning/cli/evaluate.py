@@ -38,6 +38,7 @@ from pippo_lightning.cli.common import (
 )
 from pippo_lightning.cli.generate import compressor_config
 from pippo_lightning.data.dataset import MultiViewDataset
+from pippo_lightning.diffusion.sampling import SamplerFactory, sampler_name
 from pippo_lightning.hub import resolve_checkpoint
 from pippo_lightning.inference import (
     CheckpointError,
@@ -144,6 +145,9 @@ def evaluate(cfg: DictConfig) -> EvalResult:
         if stage
         else None
     )
+    sampler: SamplerFactory = hydra.utils.instantiate(cfg.sampler)
+    if stage is not None:
+        stage.build_sampler(sampling, sampler)  # refuse e.g. eta > 0 with an ODE solver at once
     out = Path(cfg.paths.output_dir)
 
     reprojection: ReprojectionError = hydra.utils.instantiate(cfg.reprojection)
@@ -159,7 +163,9 @@ def evaluate(cfg: DictConfig) -> EvalResult:
             # Seed per batch: every subject gets its own noise, the same in every evaluation.
             seeded = with_seed(sampling, sampling.seed + batch_idx)
             with autocast(device, cfg.precision):
-                generated = generate_views(stage, batch_to(batch, device), seeded, cfg.progress)
+                generated = generate_views(
+                    stage, batch_to(batch, device), seeded, cfg.progress, sampler=sampler
+                )
             generated = generated.float().cpu()
             per_batch.update(generated, batch["intrinsics"], batch["extrinsics"], gt_images=target)
             images.update(generated, target)
@@ -172,6 +178,8 @@ def evaluate(cfg: DictConfig) -> EvalResult:
         rows.append(row)
 
     report = build_report(cfg, stage, sampling, reprojection, images, rows, loader, image_size)
+    if report["sampling"] is not None:
+        report["sampling"]["sampler"] = sampler_name(sampler)
     report["compressor"] = compressor
     report["seconds"] = time.perf_counter() - start
     report["device"] = str(device)
@@ -284,7 +292,8 @@ def markdown_report(report: dict[str, Any]) -> str:
     )
     if sampling:
         lines.append(
-            f"- sampling: {sampling['num_steps']} DDIM steps, CFG {sampling['cfg_scale']} "
+            f"- sampling: {sampling['num_steps']} {sampling.get('sampler', 'ddim')} steps, "
+            f"CFG {sampling['cfg_scale']} "
             f"({sampling['cfg_schedule']}), attention gamma {sampling['attention_gamma']}, "
             f"seed {sampling['seed']} (+ batch index)"
         )

@@ -24,6 +24,7 @@ from pippo_lightning.callbacks.images import to_uint8, view_grid, write_image_at
 from pippo_lightning.callbacks.media import VideoFile, write_video
 from pippo_lightning.cli.bench import autocast, peak_memory_mb, pick_device, synchronize
 from pippo_lightning.cli.common import CONFIG_DIR, check_overrides, guarded
+from pippo_lightning.diffusion.sampling import SamplerFactory, sampler_name
 from pippo_lightning.geometry.orbit import (
     Cameras,
     cameras_from_file,
@@ -163,6 +164,7 @@ def measured_generation(
     sampling: SamplingConfig,
     device: torch.device,
     cfg: DictConfig,
+    sampler: SamplerFactory,
 ) -> tuple[torch.Tensor, float, float]:
     """Views [NV, 3, R, R] of one sampling call, its wall time (s) and the peak memory (MiB)."""
     if device.type == "cuda":
@@ -170,7 +172,7 @@ def measured_generation(
     synchronize(device)
     start = time.perf_counter()
     with autocast(device, cfg.precision):
-        views = generate_views(stage, batch, sampling, progress=cfg.progress)[0]
+        views = generate_views(stage, batch, sampling, progress=cfg.progress, sampler=sampler)[0]
     synchronize(device)
     return views.float(), time.perf_counter() - start, peak_memory_mb(device)
 
@@ -193,7 +195,10 @@ def generate(cfg: DictConfig) -> GenerateResult:
     batch, cameras, num_refs = build_inputs(cfg, stage, photo)
     batch = batch_to(batch, device)
     sampling = sampling_config(stage, OmegaConf.to_container(cfg.sampling, resolve=True))
-    views, generate_s, peak = measured_generation(stage, batch, sampling, device, cfg)
+    sampler: SamplerFactory = hydra.utils.instantiate(cfg.sampler)
+    # a sampler refusing these settings (eta > 0 with an ODE solver) fails before sampling
+    stage.build_sampler(sampling, sampler)
+    views, generate_s, peak = measured_generation(stage, batch, sampling, device, cfg, sampler)
 
     out = Path(cfg.paths.output_dir)
     frames, grid, video = write_outputs(out, views, batch, cfg.output)
@@ -218,7 +223,9 @@ def generate(cfg: DictConfig) -> GenerateResult:
         "source": compressor_source,
         "config": OmegaConf.to_container(compressor_node, resolve=True),
     }
-    write_summary(result, cfg, asdict(sampling), compressor_info)
+    write_summary(
+        result, cfg, {**asdict(sampling), "sampler": sampler_name(sampler)}, compressor_info
+    )
     print_summary(result)
     return result
 

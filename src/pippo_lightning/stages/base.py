@@ -2,7 +2,7 @@
 
 A stage differs only in which conditions its model has (cameras, ControlMLP) and so which
 entries of the batch it reads; everything else — the noising, the classifier-free-guidance
-dropout masks, AdamW with warm-up, DDIM validation sampling — lives here once.
+dropout masks, AdamW with warm-up, validation sampling — lives here once.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from pippo_lightning.checkpointing import load_torch_file
 from pippo_lightning.compressors.base import Compressor
 from pippo_lightning.data.latent_cache import check_latent_identity
 from pippo_lightning.diffusion.attention_biasing import attention_softmax_scale
-from pippo_lightning.diffusion.ddim import DDIMConfig, DDIMSampler
+from pippo_lightning.diffusion.ddim import DDIMSampler
 from pippo_lightning.diffusion.guidance import bump_cfg_scale
 from pippo_lightning.diffusion.loss import DiffusionLoss, offset_noise
+from pippo_lightning.diffusion.sampling import Sampler, SamplerFactory
 from pippo_lightning.diffusion.schedules import NoiseSchedule, ScheduleConfig
 from pippo_lightning.metrics.image import ImageMetrics
 from pippo_lightning.metrics.reprojection import ReprojectionError, reprojection_log_name
@@ -115,6 +116,7 @@ class PippoStage(L.LightningModule):
         image_encoder: ImageEncoder | None = None,
         init_from: str | None = None,
         sharding: Mapping[str, Any] | None = None,
+        sampler: SamplerFactory | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -153,6 +155,10 @@ class PippoStage(L.LightningModule):
             ConditionDropout, condition_dropout, "stage.condition_dropout"
         )
         self.sampling = coerce(SamplingConfig, sampling, "stage.sampling")
+        #: builds the validation sampler (the `sampler` config group; DDIM when not given). Not a
+        #: hyperparameter: it changes no weight, and pippo-generate / pippo-eval pick their own.
+        self.sampler_factory = sampler or DDIMSampler
+        self.build_sampler(self.sampling)  # a bad choice fails now, not at the first validation
         self.validation_config = coerce(ValidationConfig, validation, "stage.validation")
         #: PSNR / SSIM (/ LPIPS) of the sampled validation views, per view and averaged
         self.val_image_metrics = ImageMetrics(lpips=self.validation_config.lpips)
@@ -453,6 +459,19 @@ class PippoStage(L.LightningModule):
             self.device
         )
 
+    def build_sampler(
+        self, sampling: SamplingConfig, sampler: SamplerFactory | None = None
+    ) -> Sampler:
+        """The sampler for `sampling` (from `sampler`, else the stage's own); ConfigError if not."""
+        factory = sampler or self.sampler_factory
+        try:
+            # its timesteps and tables are small CPU tensors, also when the stage is built on the
+            # meta device (preflight) or under another default device
+            with torch.device("cpu"):
+                return factory(self.schedule, sampling.sampler_config())
+        except ValueError as err:
+            raise ConfigError(f"sampling: {err}") from err
+
     @torch.no_grad()
     def generate(
         self,
@@ -460,9 +479,11 @@ class PippoStage(L.LightningModule):
         sampling: SamplingConfig | None = None,
         progress: bool = False,
         use_ema: bool = True,
+        sampler: SamplerFactory | None = None,
     ) -> Tensor:
-        """DDIM-sample the target views of `batch`: → images [B, NV, 3, H, W] in [-1, 1].
+        """Sample the target views of `batch`: → images [B, NV, 3, H, W] in [-1, 1].
 
+        `sampler` builds the sampler (DDIM, DPM-Solver++ 2M, UniPC, ...; default: the stage's).
         Any number of target views works; with `sampling.attention_gamma` set, attention is
         biased for the sequence length against the trained one.
         """
@@ -488,17 +509,7 @@ class PippoStage(L.LightningModule):
             }
             return self.denoise(stacked, x_t, t, drops, attention_scale, use_ema=use_ema)
 
-        sampler = DDIMSampler(
-            self.schedule,
-            DDIMConfig(
-                num_steps=sampling.num_steps,
-                eta=sampling.eta,
-                cfg_scale=sampling.cfg_scale,
-                cfg_rescale=sampling.cfg_rescale,
-                clip_x0=sampling.clip_x0,
-            ),
-        )
-        x0 = sampler.sample(
+        x0 = self.build_sampler(sampling, sampler).sample(
             denoiser,
             noise,
             cfg_scale=self.guidance_scale(sampling, batch),

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pippo_lightning.diffusion.ddim import DDIMConfig
+from pippo_lightning.diffusion.sampling import SamplerConfig
 
 T = TypeVar("T")
 
@@ -174,7 +174,11 @@ class ConditionDropout:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Validation / inference sampling: DDIM steps, guidance and which conditions guidance drops."""
+    """Validation / inference sampling: steps, guidance and which conditions guidance drops.
+
+    Which sampler walks those steps (DDIM, DPM-Solver++ 2M, UniPC) is the stage's `sampler`
+    part (the `sampler` config group), not a setting here: it changes no trained weight.
+    """
 
     num_steps: int = 25
     eta: float = 0.0
@@ -210,13 +214,13 @@ class SamplingConfig:
         # the sampler checks eta, cfg_rescale and clip_x0 itself, but only when it is built
         # at the first validation, after training steps: ask it now
         try:
-            self.ddim_config()
+            self.sampler_config()
         except ValueError as err:
             raise ConfigError(f"sampling: {err}") from err
 
-    def ddim_config(self) -> DDIMConfig:
-        """The DDIM sampler's settings for these sampling settings."""
-        return DDIMConfig(
+    def sampler_config(self) -> SamplerConfig:
+        """The sampler's settings for these sampling settings."""
+        return SamplerConfig(
             num_steps=self.num_steps,
             eta=self.eta,
             cfg_scale=self.cfg_scale,
