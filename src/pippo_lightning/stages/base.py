@@ -32,6 +32,7 @@ from pippo_lightning.metrics.image import ImageMetrics
 from pippo_lightning.metrics.reprojection import ReprojectionError, reprojection_log_name
 from pippo_lightning.models.image_encoders import ImageEncoder
 from pippo_lightning.models.pippo import Pippo, PippoConfig, count_parameters, pippo_config
+from pippo_lightning.stages.compilation import compile_networks
 from pippo_lightning.stages.config import (
     ConditionDropout,
     ConfigError,
@@ -117,6 +118,7 @@ class PippoStage(L.LightningModule):
         init_from: str | None = None,
         sharding: Mapping[str, Any] | None = None,
         sampler: SamplerFactory | None = None,
+        compile_model: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -177,6 +179,9 @@ class PippoStage(L.LightningModule):
         #: batch["face_crop"] joins as a second reference view (see `join_face_crop`)
         self.use_face_crop = use_face_crop
         self.loss_fn = DiffusionLoss()
+        #: torch.compile the model (and its EMA shadow) in `configure_model`; not a hyper-parameter
+        #: of the weights, so a checkpoint loaded for inference runs eagerly
+        self.compile_model = compile_model
 
     # ----------------------------------------------------------------- construction
     def _model_config(self, size: str, overrides: dict[str, Any]) -> PippoConfig:
@@ -420,6 +425,8 @@ class PippoStage(L.LightningModule):
         # FSDP2 (ModelParallelStrategy): shard the model and EMA once the device mesh exists;
         # nothing under DDP or on one device. See stages/sharding.py.
         configure_sharding(self)
+        if self.compile_model:
+            compile_networks(self)
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optimizer_config
