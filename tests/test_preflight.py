@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from pippo_lightning import preflight
 from pippo_lightning.cli.common import CONFIG_DIR
 from pippo_lightning.cli.train import main
 from pippo_lightning.compressors.identity import IdentityCompressor
 from pippo_lightning.data.convert import npy_to_shards
 from pippo_lightning.data.synthetic_studio import StudioConfig, generate_studio
-from pippo_lightning import preflight
 from pippo_lightning.preflight import (
     check_hardware,
     check_model,
