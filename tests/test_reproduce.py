@@ -287,3 +287,24 @@ def test_reproduce_tiny_end_to_end(tmp_path) -> None:
         assert (run_dir / results["figures"][name]).is_file()
     assert "| variant |" in (run_dir / "results.md").read_text()
     assert list(run_dir.glob("wandb/offline-run-*"))
+
+
+# --------------------------------------------------------------------------- sweeper objective
+
+
+def test_train_returns_the_optimised_metric_for_sweepers() -> None:
+    from pippo_lightning.cli.train import TrainResult, optimized_metric
+    from pippo_lightning.stages.config import ConfigError
+
+    def result(**metrics: float) -> TrainResult:
+        return TrainResult(metrics=metrics, stage=None, datamodule=None, trainer=None)
+
+    plain = OmegaConf.create({"callbacks": {"model_checkpoint": {"monitor": None}}})
+    assert optimized_metric(plain, result(**{"val/loss": 0.5, "val/psnr": 20.0})) == 0.5
+    monitored = OmegaConf.create({"callbacks": {"model_checkpoint": {"monitor": "val/psnr"}}})
+    assert optimized_metric(monitored, result(**{"val/loss": 0.5, "val/psnr": 20.0})) == 20.0
+    chosen = OmegaConf.create({"optimized_metric": "val/ssim", "callbacks": {}})
+    assert optimized_metric(chosen, result(**{"val/ssim": 0.7, "val/psnr": 20.0})) == 0.7
+    with pytest.raises(ConfigError, match="val/ssim"):
+        optimized_metric(chosen, result(**{"val/psnr": 20.0}))
+    assert optimized_metric(plain, result(**{"train/loss": 1.0})) is None  # no validation ran

@@ -151,7 +151,11 @@ def reproduce_report(run_dir: Path, device: str = "auto", wandb: bool = True) ->
             missing.append(str(job.directory))
             continue
         stage = load_job_stage(job.cfg, job.checkpoint, torch_device)
-        sampling = sampling_config(stage, settings["sampling"])
+        main_sampling = {
+            **settings["sampling"],
+            "attention_gamma": settings["eval_attention_gamma"],
+        }
+        sampling = sampling_config(stage, main_sampling)
         result = score(model_source(stage, sampling, torch_device), main_loader)
         rows.setdefault(job.variant, {})[job.seed] = with_floor(result.metrics, truth.metrics)
         # figures show each variant's first (lowest) training seed
@@ -168,6 +172,7 @@ def reproduce_report(run_dir: Path, device: str = "auto", wandb: bool = True) ->
         "max_steps": int(cfg.trainer.max_steps),
         "seeds": sorted({job.seed for job in jobs}),
         "attention_gamma": settings["attention_gamma"],
+        "eval_attention_gamma": settings["eval_attention_gamma"],
         "sampling": settings["sampling"],
         "reprojection": settings["reprojection"],
         "studio": data.get("synthetic"),
@@ -187,7 +192,7 @@ def reproduce_report(run_dir: Path, device: str = "auto", wandb: bool = True) ->
         ordered, reference, run_dir / "figures" / "subject_grid.png"
     )
     results["figures"] = {name: str(path.relative_to(run_dir)) for name, path in figures.items()}
-    results["figures"]["subject_grid_rows"] = list(ordered)
+    results["settings"]["subject_grid_rows"] = ["reference | views", *ordered]
     json_path, md_path = write_results(run_dir, results)
     if wandb:
         group = str(OmegaConf.select(cfg, "reproduce.group") or run_dir.name)
