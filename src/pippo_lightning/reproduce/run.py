@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from pippo_lightning.cli.bench import pick_device
 from pippo_lightning.data.schema import SampleError
 from pippo_lightning.errors import PippoError
-from pippo_lightning.inference import sampling_config
+from pippo_lightning.inference import checkpoint_step, sampling_config
 from pippo_lightning.reproduce.evaluation import (
     SourceScore,
     copy_reference_source,
@@ -176,7 +176,16 @@ def reproduce_report(run_dir: Path, device: str = "auto", wandb: bool = True) ->
         "sampling": settings["sampling"],
         "reprojection": settings["reprojection"],
         "studio": data.get("synthetic"),
-        "jobs": [str(job.directory) for job in jobs],
+        # the steps each job reached (trainer.max_time may stop a job early on a slow machine)
+        "jobs": [
+            {
+                "directory": str(job.directory),
+                "variant": job.variant,
+                "seed": job.seed,
+                "global_step": checkpoint_step(str(job.checkpoint)) if job.checkpoint else None,
+            }
+            for job in jobs
+        ],
         "missing_checkpoints": missing,
     }
     results = build_results(run_dir.name, run_settings, rows, biasing, by_azimuth)
