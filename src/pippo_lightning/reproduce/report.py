@@ -215,15 +215,19 @@ def plot_re_by_azimuth(
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    highest = 0.0
     for name, pairs in re_by_azimuth.items():
         points = sorted((p["azimuth_deg"], p["re_px"]) for p in pairs if p.get("re_px") is not None)
         if points:
             xs, ys = zip(*points)
+            highest = max(highest, *ys)
             style = "k--" if name == "ground_truth" else "-o"
             ax.plot(xs, ys, style, label=name, markersize=3)
     ax.set_xlabel("azimuth of the view pair from the reference (deg)")
     ax.set_ylabel("reprojection error (px)")
     ax.set_xlim(0, 360)
+    ax.set_ylim(0, 1.15 * highest if highest > 0 else 1.0)
+    ax.ticklabel_format(axis="y", useOffset=False)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
