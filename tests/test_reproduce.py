@@ -280,7 +280,8 @@ def test_reproduce_tiny_end_to_end(tmp_path) -> None:
         assert rows[trained]["psnr"] is not None and rows[trained]["seeds"] == [0]
     for untrained in ("no_plucker", "no_controlmlp"):
         assert all(rows[untrained][key] is None for key in METRICS)
-    assert rows["copy_reference"]["psnr"] is not None and rows["ground_truth"]["ssim"] == 1.0
+    assert rows["copy_reference"]["psnr"] is not None
+    assert rows["ground_truth"]["ssim"] == pytest.approx(1.0, abs=1e-3)
     assert set(results["attention_biasing"]) == {"2x"}
     assert {"off", "on"} <= set(results["attention_biasing"]["2x"])
     for name in ("re_by_azimuth", "subject_grid"):
