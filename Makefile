@@ -9,11 +9,11 @@ HW ?=
 INIT ?=
 # `make train-stage3 data=folder trainer.max_steps=10`: command-line variables that are not the
 # Makefile's own are handed to Hydra as overrides
-OWN_VARS := ARGS=% CONFIG=% VENV=% HW=% INIT=% CKPT=% PHOTO=% DATA=%
+OWN_VARS := ARGS=% CONFIG=% VENV=% HW=% INIT=% CKPT=% PHOTO=% DATA=% PRESET=% RUN=%
 HYDRA_ARGS = $(filter-out $(OWN_VARS),$(MAKEOVERRIDES)) $(if $(HW),hardware=$(HW)) $(if $(INIT),stage.init_from=$(INIT)) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install train train-stage1 train-stage2 train-stage3 sweep test test-slow test-all test-faults lint format bench eval sampler-table generate data-validate data-demo download-samples clean
+.PHONY: help install train train-stage1 train-stage2 train-stage3 sweep reproduce test test-slow test-all test-faults lint format bench eval sampler-table generate data-validate data-demo download-samples clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -38,6 +38,21 @@ train-stage3: $(STAMP) ## P3 post-training (ControlMLP: Plücker rays + spatial 
 
 sweep: $(STAMP) ## Hydra multirun example: learning rate x reference dropout on the CPU demo
 	$(VENV)/bin/pippo-train experiment=sweep_lr_refdrop $(HYDRA_ARGS)
+
+# `make reproduce [PRESET=cpu|gpu|tiny] [RUN=name]`: issue #15, the paper's ablations
+PRESET ?= cpu
+REPRO_SEEDS_cpu := 0
+REPRO_SEEDS_gpu := 0,1
+REPRO_SEEDS_tiny := 0
+ABLATIONS := ablation/full,ablation/no_anchor,ablation/no_plucker,ablation/no_controlmlp
+REPRO_RUN := $(or $(RUN),$(shell date +%Y-%m-%d_%H-%M-%S)_$(PRESET))
+REPRO_DIR := outputs/reproduce/$(REPRO_RUN)
+
+reproduce: $(STAMP) ## the paper's ablations on the studio: train every variant (multirun), then one report in outputs/reproduce/<run> (PRESET=cpu|gpu|tiny)
+	$(VENV)/bin/pippo-train -m experiment=$(ABLATIONS) +ablation_preset=$(PRESET) \
+	  seed=$(REPRO_SEEDS_$(PRESET)) reproduce.group=$(REPRO_RUN) \
+	  hydra.sweep.dir=$(REPRO_DIR)/jobs $(HYDRA_ARGS)
+	$(PY) -m pippo_lightning.cli.reproduce report $(REPRO_DIR)
 
 test: $(STAMP) ## run the fast test suite (no GPU, no network)
 	$(PY) -m pytest -q -m "not slow and not gpu" $(ARGS)

@@ -590,3 +590,15 @@ def test_two_process_ddp_value_equals_the_single_process_value(arc_views, tmp_pa
         assert synced.keys() == expected.keys()
         for key in expected:
             torch.testing.assert_close(synced[key], expected[key], msg=f"rank {rank}: {key}")
+
+
+def test_essential_check_keeps_matches_without_disparity() -> None:
+    """Identical images (the copy-the-reference baseline) match every point onto itself; the
+    5-point solver's polynomial then degenerates (an OpenCV assertion): keep the matches."""
+    from pippo_lightning.geometry.cameras import intrinsics_from_fov
+    from pippo_lightning.metrics.reprojection import essential_inliers
+
+    k = intrinsics_from_fov(14.0, 64, 64)
+    points = torch.rand(30, 2, generator=torch.Generator().manual_seed(0)) * 64
+    keep = essential_inliers(points, points.clone(), k, k, threshold_px=2.0)
+    assert keep.dtype == torch.bool and bool(keep.all())

@@ -33,6 +33,7 @@ from pippo_lightning.cli.common import (
 )
 from pippo_lightning.hub import log_artifacts_if_enabled
 from pippo_lightning.preflight import validate_run_config
+from pippo_lightning.stages.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +148,36 @@ def print_summary(summary: dict[str, Any]) -> None:
     print("\n".join(lines))
 
 
+#: What `pippo-train` returns to a sweeper when neither ``optimized_metric`` nor the checkpoint
+#: callback's ``monitor`` names a metric.
+DEFAULT_OPTIMIZED_METRIC = "val/loss"
+
+
+def optimized_metric(cfg: DictConfig, result: TrainResult) -> float | None:
+    """The value a sweeper (e.g. Hydra's Optuna sweeper) optimises: ``cfg.optimized_metric``,
+    else the checkpoint callback's ``monitor``, else val/loss; None when the run never logged it
+    (no validation ran). A name that is set but unknown to the run is an error, not a silent None.
+    """
+    callbacks = cfg.get("callbacks") or {}
+    monitor = (callbacks.get("model_checkpoint") or {}).get("monitor")
+    explicit = cfg.get("optimized_metric") or monitor
+    name = explicit or DEFAULT_OPTIMIZED_METRIC
+    if name in result.metrics:
+        return result.metrics[name]
+    if explicit and result.metrics:
+        raise ConfigError(
+            f"optimized_metric / model_checkpoint.monitor is {name!r}, which the run did not "
+            f"log; logged: {sorted(result.metrics)}"
+        )
+    return None
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 @guarded
-def _main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> float | None:
+    """Train; return the optimised metric so that sweepers (Optuna) can use the run."""
     with distributed_job_scope():
-        train(cfg)
+        return optimized_metric(cfg, train(cfg))
 
 
 def main() -> None:

@@ -75,6 +75,12 @@ class StudioConfig:
     The reference camera is frontal (azimuth 0), at the subject's head height, ``ref_radius`` from
     the vertical axis and looking at the dome target: close to, but not one of, the dome views.
     supersample: rays per pixel side (2 anti-aliases at ~3x the render time).
+    head_target_offset: None (default) keeps the dome on the fixed point (0, target_height, 0):
+        a full-body framing in which a person spans about a quarter of the image width. A number
+        re-aims the dome and the reference at each subject's own head height plus this offset
+        (metres): with a narrow ``fov_deg`` / ``ref_fov_deg`` a head-and-shoulders framing, as in
+        Pippo's data, whose person fills most of the image (more texture for the matcher, a lower
+        reprojection floor at small sizes). ``target_height`` is then unused.
     """
 
     num_train_subjects: int = 48
@@ -90,6 +96,7 @@ class StudioConfig:
     background: tuple[float, float, float] = (0.85, 0.85, 0.85)
     supersample: int = 1
     seed: int = 0
+    head_target_offset: float | None = None
 
     def __post_init__(self) -> None:
         # Hydra/JSON hand over lists; store tuples so configs compare and hash by value.
@@ -113,8 +120,15 @@ class StudioConfig:
         return cls(**dict(values))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready values (tuples become lists), as stored in the manifest."""
-        return json.loads(json.dumps(asdict(self)))
+        """JSON-ready values (tuples become lists), as stored in the manifest.
+
+        ``head_target_offset`` appears only when set, so studios generated before it existed
+        (full-body framing) keep matching their manifests and cache directories.
+        """
+        values = json.loads(json.dumps(asdict(self)))
+        if values["head_target_offset"] is None:
+            del values["head_target_offset"]
+        return values
 
     @property
     def num_views(self) -> int:
@@ -133,7 +147,10 @@ def subject_seed(config_seed: int, split: str, index: int) -> int:
 def studio_cameras(config: StudioConfig, head_height: float) -> dict[str, Tensor]:
     """Dome and reference cameras: K/E for the dome ([N, 3, 3], [N, 4, 4]) and the ref ([1, ...])."""
     res = config.resolution
-    target = (0.0, config.target_height, 0.0)
+    if config.head_target_offset is None:
+        target = (0.0, config.target_height, 0.0)
+    else:  # head-and-shoulders framing: every subject centred at its own head height
+        target = (0.0, head_height + config.head_target_offset, 0.0)
     k, e, azimuth, elevation = dome_cameras(
         config.rings, config.radius, target, config.fov_deg, res, res
     )

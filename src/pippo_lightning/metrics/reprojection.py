@@ -117,14 +117,19 @@ def essential_inliers(
         (intrinsics_a[0, 0] + intrinsics_a[1, 1] + intrinsics_b[0, 0] + intrinsics_b[1, 1]) / 4
     )
     cv2.setRNGSeed(seed)  # RANSAC samples with OpenCV's RNG: fix it, the metric is reproducible
-    _, mask = cv2.findEssentialMat(
-        normalized(points_a, intrinsics_a),
-        normalized(points_b, intrinsics_b),
-        np.eye(3),
-        method=cv2.RANSAC,
-        prob=0.9999,
-        threshold=threshold_px / focal,
-    )
+    try:
+        _, mask = cv2.findEssentialMat(
+            normalized(points_a, intrinsics_a),
+            normalized(points_b, intrinsics_b),
+            np.eye(3),
+            method=cv2.RANSAC,
+            prob=0.9999,
+            threshold=threshold_px / focal,
+        )
+    except cv2.error:
+        # the 5-point solver's polynomial degenerates when the matches have no disparity at all
+        # (two identical images, e.g. the copy-the-reference baseline): no motion to fit
+        mask = None
     if mask is None:  # degenerate input (e.g. all points identical): nothing to reject on
         return keep_all
     return torch.from_numpy(mask.ravel() > 0)

@@ -43,7 +43,13 @@ class ControlBlock(nn.Module):
 
 
 class ControlMLP(nn.Module):
-    """Light ControlNet: encode [anchor, Plücker-SIREN, x_t] per view once; one head per block."""
+    """Light ControlNet: encode [anchor, Plücker-SIREN, x_t] per view once; one head per block.
+
+    use_anchor / use_plucker / use_xt choose the inputs (the paper's ablations): a left-out input
+    has no channels and no weights here at all, rather than a channel fed zeros that training
+    could still read a bias from; its argument to :meth:`forward` is ignored (it may be None).
+    The anchor or x_t must stay: they carry the latent grid size the controls are made at.
+    """
 
     def __init__(
         self,
@@ -53,11 +59,23 @@ class ControlMLP(nn.Module):
         plucker_siren_layers: tuple[int, ...] = (16, 32),
         plucker_features: int = 32,
         use_xt: bool = True,
+        use_anchor: bool = True,
+        use_plucker: bool = True,
     ) -> None:
         super().__init__()
-        self.use_xt = use_xt
-        in_channels = latent_channels + plucker_features + (latent_channels if use_xt else 0)
-        self.plucker_siren = Siren(6, plucker_siren_layers, plucker_features)
+        if not (use_anchor or use_xt):
+            raise ValueError(
+                "ControlMLP needs the anchor or x_t among its inputs (use_anchor or use_xt)"
+            )
+        self.use_xt, self.use_anchor, self.use_plucker = use_xt, use_anchor, use_plucker
+        in_channels = (
+            (latent_channels if use_anchor else 0)
+            + (plucker_features if use_plucker else 0)
+            + (latent_channels if use_xt else 0)
+        )
+        self.plucker_siren = (
+            Siren(6, plucker_siren_layers, plucker_features) if use_plucker else None
+        )
         self.encoder = ControlEncoder(in_channels, dim)
         self.t_embedder = TimestepEmbedder(dim)
         self.blocks = nn.ModuleList(ControlBlock(dim) for _ in range(depth))
@@ -87,8 +105,8 @@ class ControlMLP(nn.Module):
 
     def forward(
         self,
-        anchors: Tensor,
-        plucker: Tensor,
+        anchors: Tensor | None,
+        plucker: Tensor | None,
         t: Tensor,
         x_t: Tensor | None = None,
         drop: Tensor | None = None,
@@ -96,18 +114,30 @@ class ControlMLP(nn.Module):
         """Controls for every block, each [B, V, N, D].
 
         anchors [B, V, C, h, w]; plucker [B, V, 6, H, W]; t [B]; x_t [B, V, C, h, w];
-        drop: bool [B], True = that sample gets the learned null control.
+        drop: bool [B], True = that sample gets the learned null control. An input the module
+        was built without is not read.
         """
-        batch, views = anchors.shape[:2]
-        inputs = [
-            rearrange(anchors, "b v c h w -> (b v) c h w"),
-            self.encode_plucker(
-                rearrange(plucker, "b v c h w -> (b v) c h w"), size=tuple(anchors.shape[-2:])
-            ),
-        ]
+        used = {
+            name: value
+            for name, value, flag in (
+                ("anchors", anchors, self.use_anchor),
+                ("plucker", plucker, self.use_plucker),
+                ("x_t", x_t, self.use_xt),
+            )
+            if flag
+        }
+        for name, value in used.items():
+            if value is None:
+                raise ValueError(f"ControlMLP was built to read {name}, but {name} is None")
+        grid = used["anchors"] if self.use_anchor else used["x_t"]  # [B, V, C, h, w]
+        batch, views = grid.shape[:2]
+        inputs = []
+        if self.use_anchor:
+            inputs.append(rearrange(anchors, "b v c h w -> (b v) c h w"))
+        if self.use_plucker:
+            rays = rearrange(plucker, "b v c h w -> (b v) c h w")
+            inputs.append(self.encode_plucker(rays, size=tuple(grid.shape[-2:])))
         if self.use_xt:
-            if x_t is None:
-                raise ValueError("ControlMLP was built with use_xt=True but x_t is None")
             inputs.append(rearrange(x_t, "b v c h w -> (b v) c h w"))
         h = self.encoder(torch.cat(inputs, dim=1))
         h = rearrange(h, "(b v) n d -> b v n d", b=batch, v=views)

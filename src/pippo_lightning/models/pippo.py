@@ -35,6 +35,8 @@ class PippoConfig:
     use_cameras: bool = True  # camera MLP (M2, P3)
     use_control: bool = True  # ControlMLP (P3)
     control_xt: bool = True  # x_t joins the ControlMLP input
+    control_anchor: bool = True  # the spatial anchor joins the ControlMLP input (ablation: off)
+    control_plucker: bool = True  # Plücker rays join the ControlMLP input (ablation: off)
     use_reference: bool = True  # reference view(s) in the sequence (M2, P3)
     #: width of a global image embedding (P1: DINOv2) projected into the adaLN conditioning; 0 = none
     global_embedding_dim: int = 0
@@ -84,6 +86,11 @@ class PippoConfig:
         if self.global_embedding_dim < 0:
             raise ValueError(
                 f"PippoConfig.global_embedding_dim must be >= 0, got {self.global_embedding_dim}"
+            )
+        if self.use_control and not (self.control_anchor or self.control_xt):
+            raise ValueError(
+                "PippoConfig: the ControlMLP needs control_anchor or control_xt "
+                "(one of them sets its latent grid)"
             )
         if self.use_control and self.patch_size != 2:
             # the ControlMLP's single stride-2 conv makes exactly one token per 2x2 patch
@@ -185,6 +192,8 @@ class Pippo(nn.Module):
                 cfg.plucker_siren_layers,
                 cfg.plucker_features,
                 use_xt=cfg.control_xt,
+                use_anchor=cfg.control_anchor,
+                use_plucker=cfg.control_plucker,
             )
             if cfg.use_control
             else None
@@ -223,6 +232,7 @@ class Pippo(nn.Module):
         self._check_inputs(
             x_t, t, ref_latent, cam_pose, ref_cam_pose, plucker, ref_plucker, anchor_latents
         )
+        cfg = self.config
         batch, num_views = x_t.shape[:2]
         for name, mask in (
             ("drop_ref", drop_ref),
@@ -253,8 +263,15 @@ class Pippo(nn.Module):
             xt_all, rays = x_t, plucker
             if refs is not None:  # the reference joins with no noise of its own
                 xt_all = torch.cat([x_t, torch.zeros_like(ref_latent)], dim=1)
-                rays = torch.cat([plucker, ref_plucker], dim=1)
-            controls = self.control_mlp(anchor_latents, rays, t, x_t=xt_all, drop=drop_control)
+                rays = torch.cat([plucker, ref_plucker], dim=1) if cfg.control_plucker else None
+            # inputs the ControlMLP was built without are not handed over (ablations)
+            controls = self.control_mlp(
+                anchor_latents if cfg.control_anchor else None,
+                rays if cfg.control_plucker else None,
+                t,
+                x_t=xt_all,
+                drop=drop_control,
+            )
 
         tokens = self.generator(
             tokens, t, controls=controls, attention_scale=attention_scale, condition=condition
@@ -318,11 +335,8 @@ class Pippo(nn.Module):
             if with_ref:
                 _require("ref_cam_pose", ref_cam_pose, "use_cameras")
                 _check_shape("ref_cam_pose", ref_cam_pose, ("B", b), ("R", r), ("F", f))
-        if cfg.use_control:
+        if cfg.use_control and cfg.control_anchor:
             _require("anchor_latents", anchor_latents, "use_control")
-            _require("plucker", plucker, "use_control")
-            if with_ref:
-                _require("ref_plucker", ref_plucker, "use_control")
             _check_shape(
                 "anchor_latents",
                 anchor_latents,
@@ -332,6 +346,10 @@ class Pippo(nn.Module):
                 ("h", s),
                 ("w", s),
             )
+        if cfg.use_control and cfg.control_plucker:
+            _require("plucker", plucker, "use_control")
+            if with_ref:
+                _require("ref_plucker", ref_plucker, "use_control")
             size = tuple(plucker.shape[-2:]) if plucker.dim() == 5 else (s, s)
             pairs = [("plucker", plucker, ("NV", nv))]
             if with_ref:
