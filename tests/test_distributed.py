@@ -139,8 +139,12 @@ def validate_in_one_process(cfg: DictConfig, checkpoint: Path) -> dict[str, floa
     """Validate a checkpoint's weights on one CPU process: the reference for reduced metrics."""
     datamodule = hydra.utils.instantiate(cfg.data)
     compressor = hydra.utils.instantiate(cfg.compressor)
+    # the sampler is chosen by config, not saved with the weights: validate with the run's own
     stage = PostTrainStage.load_from_checkpoint(
-        checkpoint, compressor=compressor, map_location="cpu"
+        checkpoint,
+        compressor=compressor,
+        sampler=hydra.utils.instantiate(cfg.sampler),
+        map_location="cpu",
     )
     trainer = L.Trainer(
         accelerator="cpu",

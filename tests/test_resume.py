@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,15 @@ def run(compose_config, out: Path, max_steps: int, *extra: str) -> TrainResult:
     return train(cfg)
 
 
+def offline_run_id(out: Path, timeout_s: float = 60.0) -> str:
+    """The offline W&B run id under `out`. Under heavy load W&B's service can still be writing the
+    run record when `finish()` has returned, so the read is retried for a while."""
+    deadline = time.monotonic() + timeout_s
+    while not (run_id := read_offline_run(out).run_id) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return run_id
+
+
 def test_interrupted_runs_continue_bit_for_bit(compose_config, tmp_path: Path) -> None:
     full = run(compose_config, tmp_path / "full", TOTAL_STEPS)
     expected = read_losses(tmp_path / "full" / "losses.jsonl")
@@ -68,7 +78,7 @@ def test_interrupted_runs_continue_bit_for_bit(compose_config, tmp_path: Path) -
         out = tmp_path / f"stop{k}"
         first = run(compose_config, out, k)
         assert first.trainer.global_step == k
-        first_run_id = read_offline_run(out).run_id
+        first_run_id = offline_run_id(out)
         resumed = run(compose_config, out, TOTAL_STEPS, "auto_resume=true")
         assert resumed.trainer.global_step == TOTAL_STEPS
         assert read_losses(out / "losses.jsonl") == expected, f"losses differ after stopping at {k}"
