@@ -79,6 +79,7 @@ def test_interrupted_runs_continue_bit_for_bit(compose_config, tmp_path: Path) -
         first = run(compose_config, out, k)
         assert first.trainer.global_step == k
         first_run_id = offline_run_id(out)
+        assert first_run_id, f"no W&B run id under {out}"
         resumed = run(compose_config, out, TOTAL_STEPS, "auto_resume=true")
         assert resumed.trainer.global_step == TOTAL_STEPS
         assert read_losses(out / "losses.jsonl") == expected, f"losses differ after stopping at {k}"
