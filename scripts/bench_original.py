@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -39,20 +38,9 @@ from typing import Any
 
 import torch
 
+from pippo_lightning.benchmarks import peak_rss_mb, save_random_sdxl_vae, stage_train_step
+
 TINY_CONFIG = "config/tiny/128_4v_tiny.yml"
-#: stabilityai/sdxl-vae's architecture (diffusers AutoencoderKL config), weights random
-SDXL_VAE_ARCHITECTURE: dict[str, Any] = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [128, 256, 512, 512],
-    "layers_per_block": 2,
-    "latent_channels": 4,
-    "norm_num_groups": 32,
-    "sample_size": 1024,
-    "scaling_factor": 0.13025,
-}
 CASES = (
     "original_vae",
     "original_latents",
@@ -68,19 +56,10 @@ TARGETS = (
 )
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def save_random_vae(directory: Path, seed: int = 0) -> None:
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    AutoencoderKL(**SDXL_VAE_ARCHITECTURE).save_pretrained(directory)
-
-
 # ----------------------------------------------------------------------------- the original
-def original_model(original: Path, vae_dir: Path, num_views: int) -> torch.nn.Module:
+def original_model(
+    original: Path, vae_dir: Path, num_views: int, image_size: int
+) -> tuple[Any, Any]:
     from omegaconf import OmegaConf
 
     sys.path.insert(0, str(original))
@@ -88,6 +67,10 @@ def original_model(original: Path, vae_dir: Path, num_views: int) -> torch.nn.Mo
 
     config = OmegaConf.load(original / TINY_CONFIG)
     config.consts.num_views = num_views
+    # its sizes are constants of the config (128 px); other sizes rewrite them consistently
+    for key in ("img_size", "ref_img_size", "multiview_size"):
+        config.consts[key] = image_size
+    config.consts.latent_size = config.consts.ref_latent_size = image_size // 8
     config.model.compressor = {"pretrained_model_name_or_path": str(vae_dir)}
     # its train.py hands the DictConfig over as is (the model reads `generator.dim`)
     model = load_from_config(config.model)
@@ -136,7 +119,7 @@ def original_step_fn(args: argparse.Namespace, vae_dir: Path, latents_given: boo
     from torch import nn
 
     torch.manual_seed(0)
-    model, config = original_model(Path(args.original), vae_dir, args.views)
+    model, config = original_model(Path(args.original), vae_dir, args.views, args.image_size)
     from latent_diffusion.utils import build_optimizer, load_from_config
 
     optimizer = build_optimizer(config.optimizer, model)
@@ -159,68 +142,6 @@ def original_step_fn(args: argparse.Namespace, vae_dir: Path, latents_given: boo
     return step
 
 
-# ----------------------------------------------------------------------------- ours
-def our_batch(num_views: int, size: int, latent: int, cached: bool, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-
-    def image(views: int) -> torch.Tensor:
-        return torch.rand(1, views, 3, size, size, generator=g) * 2 - 1
-
-    batch = {
-        "images": image(num_views),
-        "cam_pose": torch.randn(1, num_views, 16, generator=g),
-        "ref_cam_pose": torch.randn(1, 1, 16, generator=g),
-        "plucker": torch.randn(1, num_views, 6, size, size, generator=g),
-        "ref_plucker": torch.randn(1, 1, 6, size, size, generator=g),
-    }
-    if cached:
-        batch["latents"] = torch.randn(1, num_views, 4, latent, latent, generator=g)
-        batch["ref_latent"] = torch.randn(1, 1, 4, latent, latent, generator=g)
-        batch["anchor_latents"] = torch.randn(1, num_views + 1, 4, latent, latent, generator=g)
-    else:
-        batch.update(ref_image=image(1), anchor=image(num_views), ref_anchor=image(1))
-    return batch
-
-
-def our_step_fn(
-    args: argparse.Namespace, vae_dir: Path, cached: bool, precision: str, ema: bool = True
-):
-    from pippo_lightning.compressors import SDXLVAECompressor
-    from pippo_lightning.precision import autocast_for, resolve_precision
-    from pippo_lightning.stages import PostTrainStage
-
-    torch.manual_seed(0)
-    compressor = SDXLVAECompressor(pretrained=str(vae_dir))
-    stage = PostTrainStage(
-        compressor,
-        model_size="tiny",
-        image_size=args.image_size,
-        num_views=args.views,
-        ema={"enabled": ema},
-    )
-    if cached:
-        stage.release_unused_compressor_parts(latents_cached=True)
-    optimizer = stage.configure_optimizers()["optimizer"]
-    batch = our_batch(args.views, args.image_size, args.image_size // 8, cached)
-    lightning_precision = resolve_precision(precision, "cpu")
-    stage.train()
-
-    def step() -> None:
-        # what Lightning runs per step: training_step under the precision plugin's autocast,
-        # backward, gradient clipping, optimizer step, zero_grad(set_to_none), EMA update
-        with autocast_for(torch.device("cpu"), lightning_precision):
-            loss = stage.training_step(batch, 0)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(stage.model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if stage.ema is not None:
-            stage.ema.update(stage.model)
-
-    stage.log = lambda *a, **k: None  # no trainer attached
-    return step, lightning_precision
-
-
 # ----------------------------------------------------------------------------- runner
 def run_case(args: argparse.Namespace) -> dict[str, Any]:
     vae_dir = Path(args.vae_dir)
@@ -231,7 +152,9 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
         cached = args.case.startswith("ours_latents")
         wanted = "32-true" if args.case.endswith("fp32") else "auto"
         ema = not args.case.endswith("noema")
-        step, precision = our_step_fn(args, vae_dir, cached, wanted, ema)
+        step, precision, _ = stage_train_step(
+            vae_dir, "tiny", args.image_size, args.views, cached, wanted, ema
+        )
     for _ in range(args.warmup):
         step()
     times = []
@@ -334,7 +257,7 @@ def main() -> None:
 
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="sdxl_vae_random_") as vae_dir:
-        save_random_vae(Path(vae_dir))
+        save_random_sdxl_vae(Path(vae_dir))
         for round_index in range(args.rounds):
             order = args.cases if round_index % 2 == 0 else list(reversed(args.cases))
             for case in order:
