@@ -80,3 +80,21 @@ def test_adamw_is_fused_on_cpu_and_steps_like_the_for_loop() -> None:
     loop.step()
     for p, q in zip(params, reference, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_fused_adamw_gradients_are_clipped_under_lightning_precision(precision: str) -> None:
+    import lightning as L
+
+    trained = stage(IdentityCompressor())
+    trainer = L.Trainer(accelerator="cpu", precision=precision, gradient_clip_val=1.0, logger=False)
+    trained.trainer = trainer
+    optimizer = trained.configure_optimizers()["optimizer"]
+    assert optimizer.defaults["fused"] is True
+    params = [p for p in trained.model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.full_like(p, 10.0)
+    # Lightning's AMP plugin raises here for a fused optimizer unless the stage clips itself
+    trained.configure_gradient_clipping(optimizer, 1.0, "norm")
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    assert norm <= 1.0 + 1e-4
