@@ -9,11 +9,11 @@ HW ?=
 INIT ?=
 # `make train-stage3 data=folder trainer.max_steps=10`: command-line variables that are not the
 # Makefile's own are handed to Hydra as overrides
-OWN_VARS := ARGS=% CONFIG=% VENV=% HW=% INIT=% CKPT=% PHOTO=% DATA=% PRESET=% RUN=%
+OWN_VARS := ARGS=% CONFIG=% VENV=% HW=% INIT=% CKPT=% PHOTO=% DATA=% PRESET=% RUN=% ORIGINAL=% OUT=%
 HYDRA_ARGS = $(filter-out $(OWN_VARS),$(MAKEOVERRIDES)) $(if $(HW),hardware=$(HW)) $(if $(INIT),stage.init_from=$(INIT)) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install train train-stage1 train-stage2 train-stage3 sweep reproduce test test-slow test-all test-faults lint format bench eval sampler-table generate data-validate data-demo download-samples clean
+.PHONY: help install train train-stage1 train-stage2 train-stage3 sweep reproduce test test-slow test-all test-faults lint format bench bench-original bench-scale eval sampler-table generate data-validate data-demo download-samples clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -76,6 +76,13 @@ format: $(STAMP) ## ruff autofix + format
 
 bench: $(STAMP) ## benchmark train step, sampling, memory, parameter counts (CONFIG=..., ARGS="overrides")
 	$(VENV)/bin/pippo-bench --config-name $(CONFIG) $(filter-out $(OWN_VARS),$(MAKEOVERRIDES)) $(ARGS)
+
+ORIGINAL ?= ../original_pippo
+bench-original: $(STAMP) ## original release vs ours, same machine and run: step time, latent cache, peak RSS (ORIGINAL=<pippo checkout>, ARGS="--rounds 2")
+	$(PY) scripts/bench_original.py --original $(ORIGINAL) --out outputs/bench_original $(ARGS)
+
+bench-scale: $(STAMP) ## step time + peak memory vs views (2-16) and resolution (64-256), fitted curve, JSON/markdown/PNG (ARGS="--model tiny")
+	$(PY) -m pippo_lightning.cli.bench_scale --out outputs/bench_scale $(ARGS)
 
 CKPT ?= $(lastword $(sort $(wildcard outputs/train/runs/*/checkpoints/last.ckpt)))
 PHOTO ?=

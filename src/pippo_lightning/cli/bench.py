@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from pippo_lightning.cli.common import CONFIG_DIR, check_overrides, guarded
 from pippo_lightning.data.benchmark import benchmark_dataloader
+from pippo_lightning.precision import autocast_for, resolve_precision
 from pippo_lightning.stages.base import PippoStage
 
 
@@ -53,13 +54,9 @@ def peak_memory_mb(device: torch.device) -> float:
 
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: str) -> Iterator[None]:
-    if precision == "bf16":
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            yield
-    elif precision == "fp32":
+    """`precision`: auto | fp32 | bf16 (or a Lightning string); see pippo_lightning.precision."""
+    with autocast_for(device, precision):
         yield
-    else:
-        raise ValueError(f"bench.precision must be fp32 or bf16, got {precision!r}")
 
 
 def first_batch(cfg: DictConfig, batch_size: int, device: torch.device) -> dict[str, Any]:
@@ -73,6 +70,8 @@ def first_batch(cfg: DictConfig, batch_size: int, device: torch.device) -> dict[
 def benchmark(cfg: DictConfig) -> dict[str, Any]:
     opts = cfg.bench
     device = pick_device(opts.device)
+    precision = resolve_precision(opts.precision, "gpu" if device.type == "cuda" else "cpu")
+    print(f"precision: {opts.precision} -> {precision}")
     torch.manual_seed(cfg.seed)
     compressor = hydra.utils.instantiate(cfg.compressor)
     stage: PippoStage = hydra.utils.instantiate(cfg.stage, compressor=compressor).to(device)
@@ -89,7 +88,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     def train_step() -> None:
         t = stage.schedule.sample_timesteps(b, device=device)
         noise = torch.randn_like(latents.x0)
-        with autocast(device, opts.precision):
+        with autocast(device, precision):
             loss = stage.diffusion_loss(latents, t, noise, drops)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(stage.model.parameters(), 1.0)
@@ -104,7 +103,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
 
     stage.eval()
     sampling = dataclasses.replace(stage.sampling, num_steps=int(opts.sampling_steps))
-    with autocast(device, opts.precision):
+    with autocast(device, precision):
         sample_s = timed(lambda: stage.generate(batch, sampling=sampling), device)
 
     median = statistics.median(step_times)
@@ -112,7 +111,8 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     data_samples_per_s = benchmark_dataloader(loader, int(opts.data_batches))
     result = {
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "precision": opts.precision,
+        "precision": precision,
+        "precision_requested": str(opts.precision),
         "model": cfg.model.size,
         "image_size": cfg.image_size,
         "latent_shape": list(latents.x0.shape),
@@ -145,7 +145,8 @@ def print_report(result: dict[str, Any], output: Path) -> None:
     from rich.table import Table
 
     table = Table(
-        title=f"pippo-bench: {result['model']} @ {result['image_size']} px on {result['device']}"
+        title=f"pippo-bench: {result['model']} @ {result['image_size']} px on {result['device']}, "
+        f"precision {result['precision_requested']} -> {result['precision']}"
     )
     table.add_column("measure")
     table.add_column("value", justify="right")

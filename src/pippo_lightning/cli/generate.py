@@ -46,6 +46,7 @@ from pippo_lightning.inference import (
     require_posed_views,
     sampling_config,
 )
+from pippo_lightning.precision import resolve_precision
 from pippo_lightning.stages.base import PippoStage
 from pippo_lightning.stages.config import ConfigError, SamplingConfig
 
@@ -269,7 +270,11 @@ def write_summary(
         "peak_memory_mb": result.peak_memory_mb,
         "memory_kind": result.memory_kind,
         "device": result.device,
-        "precision": cfg.precision,
+        # what `auto` resolved to on this machine
+        "precision": resolve_precision(
+            cfg.precision,
+            "cpu" if result.device == "cpu" else "gpu",
+        ),
         "frames": [str(p) for p in result.frames],
         "grid": str(result.grid),
         "video": str(result.video.path),

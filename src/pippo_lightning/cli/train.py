@@ -13,7 +13,7 @@ import hydra
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from pippo_lightning.callbacks.preemption import exit_if_preempted
 from pippo_lightning.checkpointing import (
@@ -32,6 +32,7 @@ from pippo_lightning.cli.common import (
     resolved_config,
 )
 from pippo_lightning.hub import log_artifacts_if_enabled
+from pippo_lightning.precision import resolve_precision
 from pippo_lightning.preflight import validate_run_config
 from pippo_lightning.stages.config import ConfigError
 
@@ -53,6 +54,7 @@ def train(cfg: DictConfig) -> TrainResult:
     # issue #7: a malformed config fails here, with one message, before data, weights, model
     # or trainer exist
     validate_run_config(cfg)
+    resolve_trainer_precision(cfg)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
 
@@ -103,6 +105,21 @@ def train(cfg: DictConfig) -> TrainResult:
         summary = write_summary(output_dir, trainer, metrics)
         print_summary(summary)
     return TrainResult(metrics=metrics, stage=stage, datamodule=datamodule, trainer=trainer)
+
+
+def resolve_trainer_precision(cfg: DictConfig) -> str:
+    """`trainer.precision: auto` -> bf16-mixed where the accelerator multiplies bf16 natively,
+    else 32-true (pippo_lightning.precision); explicit values are kept. Written back into the
+    config before the Trainer is built, so the logged config says what ran."""
+    trainer = cfg.trainer
+    resolved = resolve_precision(
+        trainer.get("precision", "32-true"), trainer.get("accelerator", "auto")
+    )
+    if str(trainer.get("precision")) == "auto":
+        log.info("precision auto -> %s", resolved)
+    with open_dict(trainer):
+        trainer.precision = resolved
+    return resolved
 
 
 def finish_wandb_runs(trainer: L.Trainer) -> None:

@@ -68,6 +68,10 @@ class Compressor(nn.Module, ABC):
         self.requires_grad_(False)
         self.eval()
 
+    def release_encoder(self) -> None:
+        """Free the encoder's weights (training from a latent cache never encodes); encode()
+        afterwards raises. Compressors without weights have nothing to free."""
+
     def train(self, mode: bool = True) -> Compressor:
         # Lightning calls .train() on the whole LightningModule each epoch; a frozen first stage
         # must not follow it into train mode (dropout, norm statistics).

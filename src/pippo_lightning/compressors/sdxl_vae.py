@@ -168,7 +168,18 @@ class SDXLVAECompressor(Compressor):
     def dtype(self) -> torch.dtype:
         return self.vae.dtype
 
+    def release_encoder(self) -> None:
+        # the identity names the weights by content: fix it before half of them go
+        self._identity = self.identity_key()
+        self.vae.encoder = None
+        self.vae.quant_conv = None
+
     def _encode(self, images: Tensor) -> Tensor:
+        if self.vae.encoder is None:
+            raise RuntimeError(
+                "SDXLVAECompressor.encode: the encoder was released (training from a latent "
+                "cache); build a new compressor to encode images"
+            )
         posterior = self.vae.encode(images.to(self.dtype)).latent_dist
         z = posterior.sample() if self.sample_posterior else posterior.mode()  # [N, C, h, w]
         return ((z - self.shift_factor) * self.scale_factor).to(images.dtype)
@@ -184,6 +195,8 @@ class SDXLVAECompressor(Compressor):
 
         Recomputed on each call (milliseconds) so a later dtype cast is reflected.
         """
+        if getattr(self, "_identity", None) is not None:
+            return self._identity
         mode = "sample" if self.sample_posterior else "mean"
         return (
             f"sdxl_vae-{weights_digest(self.vae)}-scale{self.scale_factor:g}"

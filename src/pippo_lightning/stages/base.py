@@ -395,7 +395,15 @@ class PippoStage(L.LightningModule):
     def on_fit_start(self) -> None:
         # a latent cache written by another compressor must not be trained on
         datamodule = getattr(self.trainer, "datamodule", None)
-        check_latent_identity(getattr(datamodule, "latent_identity", None), self.compressor)
+        cache_identity = getattr(datamodule, "latent_identity", None)
+        check_latent_identity(cache_identity, self.compressor)
+        self.release_unused_compressor_parts(latents_cached=cache_identity is not None)
+
+    def release_unused_compressor_parts(self, latents_cached: bool) -> None:
+        """Training and validation from a latent cache never encode: free the VAE encoder
+        (~34M weights for SDXL's). The decoder stays for validation sampling."""
+        if latents_cached and not self.use_face_crop:  # face crops are encoded per step
+            self.compressor.release_encoder()
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -432,13 +440,42 @@ class PippoStage(L.LightningModule):
         cfg = self.optimizer_config
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
-            params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+            params,
+            lr=cfg.lr,
+            betas=cfg.betas,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            # one kernel per tensor instead of ~8 passes over memory: the for-loop AdamW was
+            # ~1/3 of a tiny-model CPU step (docs/performance.md); sharded DTensors keep foreach
+            fused=fused_adamw_supported(params) and not self._fp16_loss_scaling(),
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cfg.lr_factor)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
         }
+
+    def _fp16_loss_scaling(self) -> bool:
+        trainer = getattr(self, "_trainer", None)
+        return trainer is not None and str(trainer.precision).startswith("16")
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        # Lightning's AMP plugin refuses to clip for any fused optimizer (fp16 loss scaling would
+        # leave the gradients scaled). Fused AdamW is only chosen without a loss scaler (fp32,
+        # bf16), where the gradients are the true ones: clip them directly.
+        if optimizer.defaults.get("fused") and gradient_clip_val:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ----------------------------------------------------------------- sampling
     @property
@@ -587,6 +624,19 @@ class PippoStage(L.LightningModule):
 
 #: Checkpoint entry naming the stage class that saved it ("package.module.Class").
 STAGE_CLASS_KEY = "pippo_stage_class"
+
+
+def fused_adamw_supported(params: list[Tensor]) -> bool:
+    """torch's fused AdamW takes plain fp32/bf16 tensors on CPU or CUDA (not FSDP2 DTensors)."""
+    from torch.distributed.tensor import DTensor
+
+    return bool(params) and all(
+        type(p) is torch.nn.Parameter
+        and not isinstance(p.data, DTensor)
+        and p.device.type in ("cpu", "cuda")
+        and p.dtype in (torch.float32, torch.bfloat16)
+        for p in params
+    )
 
 
 def sample_noise(shape: torch.Size, indices: Tensor, offset: int = 0) -> Tensor:
