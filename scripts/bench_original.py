@@ -32,13 +32,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pippo_lightning.benchmarks import peak_rss_mb, save_random_sdxl_vae, stage_train_step
+from pippo_lightning.benchmarks import (
+    peak_rss_mb,
+    save_random_sdxl_vae,
+    stage_train_step,
+    time_steps,
+)
 
 TINY_CONFIG = "config/tiny/128_4v_tiny.yml"
 CASES = (
@@ -155,13 +159,7 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
         step, precision, _ = stage_train_step(
             vae_dir, "tiny", args.image_size, args.views, cached, wanted, ema
         )
-    for _ in range(args.warmup):
-        step()
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+    times = time_steps(step, args.warmup, args.steps)
     return {
         "case": args.case,
         "precision": precision or "fp32 (original train.py, use_amp: false)",

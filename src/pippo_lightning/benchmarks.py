@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import resource
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,18 @@ SDXL_VAE_ARCHITECTURE: dict[str, Any] = {
     "scaling_factor": 0.13025,
 }
 SDXL_DOWNSAMPLE = 8
+
+
+def time_steps(step: Callable[[], Any], warmup: int, steps: int) -> list[float]:
+    """Seconds per call of `step`, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def peak_rss_mb() -> float:

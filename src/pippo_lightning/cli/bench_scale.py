@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -67,18 +66,12 @@ def measure_point(args: argparse.Namespace) -> dict[str, Any]:
     """One point, in this (child) process."""
     import torch
 
-    from pippo_lightning.benchmarks import peak_rss_mb, stage_train_step
+    from pippo_lightning.benchmarks import peak_rss_mb, stage_train_step, time_steps
 
     step, precision, stage = stage_train_step(
         Path(args.vae_dir), args.model, args.point_resolution, args.point_views
     )
-    for _ in range(args.warmup):
-        step()
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+    times = time_steps(step, args.warmup, args.steps)
     return {
         "views": args.point_views,
         "resolution": args.point_resolution,
