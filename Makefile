@@ -63,8 +63,8 @@ test-slow: $(STAMP) ## run only the slow end-to-end tests
 test-all: $(STAMP) ## run every test, slow ones included
 	$(PY) -m pytest -q $(ARGS)
 
-test-faults: $(STAMP) ## fault injection: corrupt checkpoints, disk full, NaN (DDP too), SIGTERM/SIGUSR1, kill + resume, malformed configs (slow ones included)
-	$(PY) -m pytest -q tests/test_faults.py tests/test_resume.py tests/test_preflight.py $(ARGS)
+test-faults: $(STAMP) ## fault injection: corrupt and code-running checkpoints, sharded resume, disk full, NaN (DDP too), SIGTERM/SIGUSR1 + SLURM requeue, kill + resume, malformed configs (slow ones included)
+	$(PY) -m pytest -q tests/test_faults.py tests/test_resume.py tests/test_preflight.py tests/test_preemption.py tests/test_sharded_resume.py tests/test_safe_loading.py $(ARGS)
 
 lint: $(STAMP) ## ruff lint + format check
 	$(VENV)/bin/ruff check src tests
