@@ -55,7 +55,9 @@ OVERRIDES = with_overrides(
     TINY_RUN,
     {"data.synthetic.num_val_subjects": "2", "stage.validation.sample_batches": "2"},
 )
-TWO_CPU_RANKS = ["trainer.accelerator=cpu", "trainer.devices=2"]
+#: fp32 (not `precision: auto`, bf16 on CPUs with avx512_bf16): these runs are compared with one
+#: process and with each other number for number, and bf16 rounding differs with reduction order
+TWO_CPU_RANKS = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
 #: the full-model preset, on CPU ranks, in fp32 so it can be compared with DDP number for number
 FSDP_FP32 = ["hardware=gpu_fsdp", *TWO_CPU_RANKS, "stage.sharding.param_dtype=null"]
 
