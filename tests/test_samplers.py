@@ -27,6 +27,7 @@ from pippo_lightning.diffusion.sampling import Sampler, sampler_name
 from pippo_lightning.diffusion.schedules import compute_alphas_cumprod
 from pippo_lightning.inference import generate_views
 from pippo_lightning.stages.config import ConfigError, SamplingConfig
+from tests.test_diffusion import CountingDenoiser
 from tests.test_fidelity_options import make_batch, make_stage
 
 DIFFUSERS_KIND = {"cosine": "squaredcos_cap_v2", "linear": "linear"}
@@ -221,19 +222,6 @@ def test_multistep_samplers_approach_ddim_250_faster_than_ddim(prediction: str) 
 
 
 # ---------------------------------------------------------------- the one guided loop
-
-
-class CountingDenoiser:
-    """Elementwise fake network whose output depends on the uncond flag; records every call."""
-
-    def __init__(self, alphas_cumprod: Tensor) -> None:
-        self.model = fake_model(alphas_cumprod)
-        self.calls: list[tuple[int, Tensor]] = []
-
-    def __call__(self, x_t: Tensor, t: Tensor, uncond: Tensor) -> Tensor:
-        self.calls.append((x_t.shape[0], uncond.clone()))
-        conditioning = per_sample((~uncond).float(), x_t) * 0.3 * torch.sin(2 * x_t)
-        return self.model(x_t, t) + conditioning
 
 
 def two_pass_reference(

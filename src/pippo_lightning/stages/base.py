@@ -434,7 +434,8 @@ class PippoStage(L.LightningModule):
         # nothing under DDP or on one device. See stages/sharding.py.
         configure_sharding(self)
         if self.compile_model:
-            compile_networks(self)
+            # the EMA shadow samples at validation, so it is compiled too
+            compile_networks(self.model, *([self.ema.shadow] if self.ema is not None else []))
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optimizer_config

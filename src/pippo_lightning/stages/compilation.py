@@ -8,12 +8,7 @@ validation batch) may compile again.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torch import nn
-
-if TYPE_CHECKING:
-    from pippo_lightning.stages.base import PippoStage
 
 
 def is_compiled(module: nn.Module) -> bool:
@@ -21,9 +16,8 @@ def is_compiled(module: nn.Module) -> bool:
     return getattr(module, "_compiled_call_impl", None) is not None
 
 
-def compile_networks(stage: PippoStage) -> None:
-    """Compile the model and its EMA shadow (used for validation sampling); once only."""
-    networks = [stage.model] + ([stage.ema.shadow] if stage.ema is not None else [])
+def compile_networks(*networks: nn.Module) -> None:
+    """Compile each network in place (a stage's model and its EMA shadow); once only."""
     for network in networks:
         if not is_compiled(network):
             network.compile()
