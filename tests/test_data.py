@@ -219,6 +219,26 @@ def test_evenly_spaced_views_picks_nearest_distinct_azimuths() -> None:
     assert sorted(evenly_spaced_views(azimuth, 6).tolist()) == list(range(6))
 
 
+def test_views_at_a_fixed_step_form_an_arc_from_the_reference() -> None:
+    azimuth = torch.arange(0.0, 360.0, 5.0)  # a 72-camera ring, 5 degrees apart
+    arc = evenly_spaced_views(azimuth, 4, step_deg=15.0)
+    assert azimuth[arc].tolist() == [0.0, 15.0, 30.0, 45.0]
+    assert azimuth[evenly_spaced_views(azimuth, 4)].tolist() == [0.0, 90.0, 180.0, 270.0]
+    spread = evenly_spaced_views(azimuth, 3, start_deg=100.0, step_deg=10.0)
+    assert azimuth[spread].tolist() == [100.0, 110.0, 120.0]
+
+
+def test_fixed_view_step_is_used_by_the_dataset_and_checked(studio: Path) -> None:
+    whole = MultiViewDataset(studio / "val", num_views=2, resolution=16, view_sampling="fixed")
+    arc = MultiViewDataset(
+        studio / "val", num_views=2, resolution=16, view_sampling="fixed", view_step_deg=90.0
+    )
+    assert whole[0]["azimuth_deg"].tolist() == pytest.approx([0.0, 180.0], abs=1e-3)
+    assert arc[0]["azimuth_deg"].tolist() == pytest.approx([0.0, 90.0], abs=1e-3)
+    with pytest.raises(ValueError, match="view_step_deg=90.0 x num_views=8"):
+        MultiViewDataset(studio / "val", num_views=8, resolution=16, view_step_deg=90.0)
+
+
 def test_epoch_sampler_is_reproducible_and_reshuffles_per_epoch() -> None:
     sampler = EpochSampler(20, seed=3)
     first = list(sampler)

@@ -114,7 +114,8 @@ def pin_sizes(cfg: DictConfig, stage: PippoStage | None) -> tuple[int, int]:
 
 
 def eval_loader(cfg: DictConfig, image_size: int, num_views: int) -> DataLoader:
-    """Fixed, evenly spaced views of the split's subjects (the studio is generated if needed)."""
+    """Fixed views of the split's subjects from the reference azimuth, ``view_step_deg`` apart
+    (null: evenly around the circle); the studio is generated if needed."""
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     dataset = MultiViewDataset(
@@ -123,6 +124,7 @@ def eval_loader(cfg: DictConfig, image_size: int, num_views: int) -> DataLoader:
         resolution=image_size,
         view_sampling="fixed",
         seed=cfg.seed,
+        view_step_deg=cfg.get("view_step_deg"),
     )
     subjects = range(
         len(dataset) if cfg.max_subjects is None else min(cfg.max_subjects, len(dataset))

@@ -146,15 +146,20 @@ def load_sample(path: str | Path) -> dict[str, Any]:
     return prepare_sample(read_npy_sample(path), path)
 
 
-def evenly_spaced_views(azimuth_deg: Tensor, count: int, start_deg: float = 0.0) -> Tensor:
-    """Indices [count] of views closest to azimuths start, start + 360/count, ... (no repeats).
+def evenly_spaced_views(
+    azimuth_deg: Tensor, count: int, start_deg: float = 0.0, step_deg: float | None = None
+) -> Tensor:
+    """Indices [count] of views closest to azimuths start, start + step, ... (no repeats).
 
-    With start 0 it is deterministic and begins at the reference direction (a turnaround).
+    ``step_deg`` None: 360 / count (a whole turnaround); a fixed step (e.g. 15) keeps neighbouring
+    views close enough for the reprojection matcher at any count (an arc, not a circle).
+    With start 0 it is deterministic and begins at the reference direction.
     """
+    step = 360.0 / count if step_deg is None else float(step_deg)
     taken = torch.zeros_like(azimuth_deg, dtype=torch.bool)
     chosen = []
     for k in range(count):
-        target = start_deg + 360.0 * k / count
+        target = start_deg + step * k
         gap = (azimuth_deg - target).remainder(360.0)
         gap = torch.minimum(gap, 360.0 - gap).masked_fill(taken, float("inf"))
         index = int(gap.argmin())
@@ -164,14 +169,18 @@ def evenly_spaced_views(azimuth_deg: Tensor, count: int, start_deg: float = 0.0)
 
 
 def select_views(
-    azimuth_deg: Tensor, count: int, sampling: ViewSampling, generator: torch.Generator
+    azimuth_deg: Tensor,
+    count: int,
+    sampling: ViewSampling,
+    generator: torch.Generator,
+    step_deg: float | None = None,
 ) -> Tensor:
     """Indices [count] of the views to use, by strategy (see the module docstring)."""
     if sampling == "fixed":
-        return evenly_spaced_views(azimuth_deg, count)
+        return evenly_spaced_views(azimuth_deg, count, step_deg=step_deg)
     if sampling == "spread":
         start = float(torch.rand((), generator=generator)) * 360.0
-        return evenly_spaced_views(azimuth_deg, count, start)
+        return evenly_spaced_views(azimuth_deg, count, start, step_deg)
     return torch.randperm(azimuth_deg.shape[0], generator=generator)[:count]
 
 
@@ -203,7 +212,8 @@ class MultiViewDataset(Dataset):
 
     source: a folder of ``*.npy`` samples, a shard directory, a list of ``.npy`` files, or a
     :class:`~pippo_lightning.data.sources.SampleSource`.
-    view_sampling: "random" | "spread" | "fixed" (module docstring). Random draws are seeded by
+    view_sampling: "random" | "spread" | "fixed" (module docstring); view_step_deg: the azimuth
+    step between "fixed"/"spread" views (None: 360 / num_views). Random draws are seeded by
     (seed, epoch, index): pass (index, epoch) keys (see
     :class:`~pippo_lightning.data.samplers.EpochSampler`) or call :meth:`set_epoch`.
     plucker_source "recompute" derives the rays exactly from the (resized) cameras; "stored"
@@ -224,6 +234,7 @@ class MultiViewDataset(Dataset):
         up: Sequence[float] = WORLD_UP,
         plucker_source: PluckerSource = "recompute",
         latents: LatentCache | None = None,
+        view_step_deg: float | None = None,
     ) -> None:
         if view_sampling not in VIEW_SAMPLINGS:
             raise ValueError(
@@ -237,9 +248,14 @@ class MultiViewDataset(Dataset):
             raise ValueError(
                 f"num_views and resolution must be >= 1, got {num_views}, {resolution}"
             )
+        if view_step_deg is not None and not 0.0 < view_step_deg * num_views <= 360.0 + 1e-6:
+            raise ValueError(
+                f"view_step_deg={view_step_deg} x num_views={num_views} must span (0, 360] degrees"
+            )
         self.source = open_source(source)
         self.num_views, self.resolution = num_views, resolution
         self.view_sampling, self.seed = view_sampling, seed
+        self.view_step_deg = view_step_deg
         self.cache_in_memory, self.up, self.plucker_source = (
             cache_in_memory,
             tuple(up),
@@ -300,7 +316,9 @@ class MultiViewDataset(Dataset):
                 f"{where}: asked for {self.num_views} views but the sample has {available}"
             )
         generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, index))
-        return select_views(azimuth, self.num_views, self.view_sampling, generator)
+        return select_views(
+            azimuth, self.num_views, self.view_sampling, generator, self.view_step_deg
+        )
 
     def _views(
         self, sample: dict[str, Any], cams: dict[str, Tensor], views: Tensor

@@ -65,6 +65,7 @@ def held_out_loader(
     seed: int = 0,
     batch_size: int = 1,
     split: str = "val",
+    view_step_deg: float | None = None,
 ) -> DataLoader:
     """pippo-eval's loader over ``split`` of the data config ``data`` (resolved, as trained)."""
     cfg = OmegaConf.create(
@@ -74,6 +75,7 @@ def held_out_loader(
             "seed": seed,
             "max_subjects": max_subjects,
             "batch_size": batch_size,
+            "view_step_deg": view_step_deg,
         }
     )
     return eval_loader(cfg, image_size, num_views)

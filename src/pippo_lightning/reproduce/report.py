@@ -170,7 +170,8 @@ def markdown(results: Mapping[str, Any]) -> str:
     lines = [
         f"# Ablations on the synthetic studio ({results['run']})",
         "",
-        f"{s.get('subjects', '?')} held-out subject(s), {s.get('eval_views', '?')} views at "
+        f"{s.get('subjects', '?')} held-out subject(s), {s.get('eval_views', '?')} views "
+        f"{_spacing(s.get('eval_view_step_deg'))} at "
         f"{s.get('image_size', '?')} px (trained on {s.get('train_views', '?')} views, "
         f"{s.get('max_steps', '?')} steps, training seeds {s.get('seeds', '?')}); mean ± std "
         "over training seeds. RE: reprojection error of SIFT matches between neighbouring "
@@ -291,3 +292,10 @@ def log_to_wandb(
     run_dir = Path(logger.experiment.dir).parent
     logger.experiment.finish()
     return run_dir
+
+
+def _spacing(step_deg: float | None) -> str:
+    """How the evaluated views are spaced, in words."""
+    if step_deg is None:
+        return "evenly around the subject"
+    return f"{float(step_deg):g} degrees apart from the reference azimuth"

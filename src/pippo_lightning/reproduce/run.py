@@ -43,7 +43,14 @@ from pippo_lightning.reproduce.report import (
 log = logging.getLogger(__name__)
 
 #: Keys of a job's config that must agree across the jobs of one report.
-SHARED_KEYS = ("image_size", "num_views", "data", "reproduce.eval_views", "trainer.max_steps")
+SHARED_KEYS = (
+    "image_size",
+    "num_views",
+    "data",
+    "reproduce.eval_views",
+    "reproduce.eval_view_step_deg",
+    "trainer.max_steps",
+)
 
 
 class ReproduceError(PippoError):
@@ -128,6 +135,7 @@ def reproduce_report(run_dir: Path, device: str = "auto", wandb: bool = True) ->
             settings["max_subjects"],
             seed=int(settings["sampling"]["seed"]),
             batch_size=int(settings["batch_size"]),
+            view_step_deg=settings.get("eval_view_step_deg"),
         )
 
     def score(source: Any, views_loader: Any) -> SourceScore:
@@ -168,6 +176,7 @@ def reproduce_report(run_dir: Path, device: str = "auto", wandb: bool = True) ->
         "image_size": image_size,
         "train_views": train_views,
         "eval_views": eval_views,
+        "eval_view_step_deg": settings.get("eval_view_step_deg"),
         "subjects": len(main_loader.dataset),
         "max_steps": int(cfg.trainer.max_steps),
         "seeds": sorted({job.seed for job in jobs}),
