@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from pippo_lightning.checkpointing import UnsafeCheckpointError
+from pippo_lightning.checkpoints.loading import UnsafeCheckpointError
 from pippo_lightning.cli import convert as convert_cli
 from pippo_lightning.cli.convert import (
     convert_original_checkpoint,

@@ -18,8 +18,8 @@ from pippo_lightning.callbacks.reliability import (
 )
 from pippo_lightning.cli.train import TrainResult, train
 from pippo_lightning.data.samplers import EpochSampler
-from pippo_lightning.loggers import read_offline_run
 from tests.conftest import TINY_RUN
+from tests.wandb_offline import read_offline_run
 
 TOTAL_STEPS = 6  # 3 training subjects at batch size 2: two batches (2 + 1) per epoch
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from pippo_lightning.checkpointing import (
+from pippo_lightning.checkpoints.files import (
     checkpoint_problem,
     read_callback_state,
     replace_directory,

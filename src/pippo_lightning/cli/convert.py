@@ -27,7 +27,7 @@ import lightning
 import torch
 from torch import Tensor
 
-from pippo_lightning.checkpointing import load_torch_file
+from pippo_lightning.checkpoints.loading import load_torch_file
 from pippo_lightning.compressors.base import Compressor
 from pippo_lightning.diffusion.attention_biasing import original_train_views
 from pippo_lightning.diffusion.original_schedule import (

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pippo_lightning.frozen import full_state_dict, keep_out_of_checkpoints
+from pippo_lightning.models.frozen import full_state_dict, keep_out_of_checkpoints
 
 IMAGE_CHANNELS = 3
 

@@ -19,7 +19,8 @@ from einops import rearrange
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
-from pippo_lightning.checkpointing import load_torch_file
+from pippo_lightning.checkpoints.loading import load_torch_file
+from pippo_lightning.checkpoints.reading import STAGE_CLASS_KEY
 from pippo_lightning.compressors.base import Compressor
 from pippo_lightning.data.latent_cache import check_latent_identity
 from pippo_lightning.diffusion.attention_biasing import attention_softmax_scale
@@ -621,10 +622,6 @@ class PippoStage(L.LightningModule):
                 }
             )
             self.val_reprojection.reset()
-
-
-#: Checkpoint entry naming the stage class that saved it ("package.module.Class").
-STAGE_CLASS_KEY = "pippo_stage_class"
 
 
 def fused_adamw_supported(params: list[Tensor]) -> bool:

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from pippo_lightning.checkpoints.loading import register_safe_globals
 from pippo_lightning.diffusion.sampling import SamplerConfig
 
 T = TypeVar("T")
@@ -264,3 +265,9 @@ class ValidationConfig:
             raise ConfigError(f"validation.lpips must be true, false or auto, got {self.lpips!r}")
         if self.sample_batches < 0:
             raise ConfigError(f"validation.sample_batches must be >= 0, got {self.sample_batches}")
+
+
+# a stage built from Python objects keeps these as hyperparameters: checkpoints may hold them
+register_safe_globals(
+    OptimizerConfig, ConditionDropout, SamplingConfig, EMAConfig, ValidationConfig
+)

@@ -35,10 +35,10 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from pippo_lightning.checkpointing import checkpoint_problem, load_torch_file
+from pippo_lightning.checkpoints.files import checkpoint_problem
+from pippo_lightning.checkpoints.loading import load_torch_file
 from pippo_lightning.compressors.base import Compressor
 from pippo_lightning.data.sources import has_samples, open_source, sample_view_count
-from pippo_lightning.data.synthetic_studio import StudioConfig
 from pippo_lightning.diffusion.ddim import leading_timesteps
 from pippo_lightning.diffusion.schedules import ScheduleConfig
 from pippo_lightning.errors import PippoError
@@ -54,6 +54,7 @@ from pippo_lightning.stages.config import (
     plain,
 )
 from pippo_lightning.stages.init_from import fit_problems, misfit_message, model_weights
+from pippo_lightning.studio.synthetic import StudioConfig
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +273,9 @@ def check_views(cfg: DictConfig) -> None:
 
 def check_studio_views(synthetic: DictConfig, wanted: Mapping[str, tuple[str, int]]) -> None:
     try:
-        studio = StudioConfig.from_dict(plain(synthetic))
+        studio = StudioConfig.from_dict(
+            {k: v for k, v in plain(synthetic).items() if k != "_target_"}
+        )
     except (ValueError, TypeError) as err:
         raise ConfigError(f"data.synthetic: {err}") from err
     rings = [list(ring) for ring in studio.rings]

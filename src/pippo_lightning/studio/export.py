@@ -14,14 +14,14 @@ from typing import Any
 
 import torch
 
-from pippo_lightning.data.capture import (
+from pippo_lightning.captures.capture import (
     UNIT_TO_METRES,
     Conventions,
     write_cameras_json,
     write_krt,
 )
-from pippo_lightning.data.studio_subject import SubjectParams
-from pippo_lightning.data.synthetic_studio import StudioConfig, render_subject_sample
+from pippo_lightning.studio.subject import SubjectParams
+from pippo_lightning.studio.synthetic import StudioConfig, render_subject_sample
 
 REFERENCE_NAME = "ref"
 

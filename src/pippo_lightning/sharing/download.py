@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pippo_lightning.data.atomic import OutputExistsError, atomic_directory
+from pippo_lightning.checkpoints.atomic import OutputExistsError, atomic_directory
 from pippo_lightning.errors import PippoError
 
 SAMPLES_REPO = "yashkant/pippo"
@@ -66,7 +66,7 @@ def fetch_snapshot(
     """The dataset's ``folder`` in the Hugging Face cache (HF_HOME); one clear error if not."""
     from huggingface_hub import snapshot_download
 
-    from pippo_lightning.hub import hub_errors
+    from pippo_lightning.sharing.uris import hub_errors
 
     with hub_errors("download the samples of", repo_id):
         return Path(

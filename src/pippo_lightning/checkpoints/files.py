@@ -1,9 +1,6 @@
-"""Checkpoint files: safe loading, atomic writes, validity checks, and finding where to resume.
+"""Checkpoint files: atomic writes, validity checks, and finding where to resume.
 
-Every torch file pippo reads that a user may have downloaded (stage checkpoints, original
-weights, Hub files, metric weights, tensors inside data samples) goes through `load_torch_file`:
-`torch.load(weights_only=True)` with a short allow-list of plain classes, so a pickle that needs
-code to unpickle is refused with an `UnsafeCheckpointError` before any of it runs.
+Loading goes through :func:`pippo_lightning.checkpoints.loading.load_torch_file` (weights-only).
 
 A checkpoint is written to a temporary name in the same directory and renamed over the final
 name, so a crash or a full disk mid-write never leaves a half-written `last.ckpt` behind. At load
@@ -15,19 +12,15 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import pathlib
-import pickle
-import re
 import shutil
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from pippo_lightning.checkpoints.loading import CorruptCheckpointError, load_torch_file
 from pippo_lightning.errors import PippoError
 
 log = logging.getLogger(__name__)
@@ -36,112 +29,8 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 
 
-class CorruptCheckpointError(PippoError):
-    """A checkpoint file that is truncated, damaged or not a Lightning checkpoint."""
-
-
 class CheckpointWriteError(PippoError):
     """A checkpoint could not be written for lack of space; the previous one is untouched."""
-
-
-class UnsafeCheckpointError(PippoError):
-    """A file holding pickled objects that need code to unpickle; it was refused unrun."""
-
-
-#: What to do about a refused file, unless the caller knows better (e.g. an opt-in flag).
-TRUSTED_SOURCES_ADVICE = (
-    "load only checkpoints saved with plain data (pippo-train, pippo-convert and pippo-hub "
-    "write such files), or share weights as safetensors (pippo-hub push / pull)"
-)
-
-
-# ------------------------------------------------------------------------- safe loading
-def checkpoint_safe_globals() -> list[type]:
-    """Classes besides tensors and plain data that a checkpoint may legitimately hold.
-
-    Filesystem paths (a `Path` passed as a hyperparameter, or kept in a callback's state) and
-    the stages' config dataclasses (hyperparameters of a stage built from Python objects; the
-    stage saves them as plain dicts, see stages.config.plain). Each is rebuilt from its fields
-    alone: none lets a file choose code to run. OmegaConf containers are deliberately absent:
-    `plain` turns them into dicts before they reach a checkpoint.
-    """
-    # deferred: the stages import this module
-    from pippo_lightning.diffusion.ddim import DDIMConfig
-    from pippo_lightning.diffusion.schedules import ScheduleConfig
-    from pippo_lightning.stages import config
-
-    return [
-        pathlib.PurePosixPath,
-        pathlib.PosixPath,
-        pathlib.PureWindowsPath,
-        pathlib.WindowsPath,
-        ScheduleConfig,
-        DDIMConfig,
-        config.OptimizerConfig,
-        config.ConditionDropout,
-        config.SamplingConfig,
-        config.EMAConfig,
-        config.ValidationConfig,
-    ]
-
-
-@contextmanager
-def allowed_checkpoint_globals() -> Iterator[None]:
-    """`checkpoint_safe_globals` allowed for every weights-only load inside the block, e.g.
-    Lightning's own loads in `Trainer.fit(ckpt_path=..., weights_only=True)`."""
-    with torch.serialization.safe_globals(checkpoint_safe_globals()):
-        yield
-
-
-def load_torch_file(
-    source: str | Path | IO[bytes],
-    map_location: Any = "cpu",
-    mmap: bool = False,
-    advice: str = TRUSTED_SOURCES_ADVICE,
-) -> Any:
-    """What `torch.save` wrote to `source`, unpickled weights-only: tensors, plain data and
-    `checkpoint_safe_globals`.
-
-    torch's restricted unpickler stops at the first global it does not allow, before calling
-    anything, so a malicious `__reduce__` never runs; that is an `UnsafeCheckpointError` naming
-    the file and ending with `advice` (what to do). `mmap` memory-maps the tensors where the
-    file format allows (not for legacy, non-zip files, which are read whole). Other failures
-    (a damaged file, no such file) are raised as torch raises them, for the caller to word.
-    """
-    is_path = isinstance(source, (str, Path))
-    name = source if is_path else getattr(source, "name", "<bytes>")
-    mmap = mmap and is_path and zipfile.is_zipfile(source)  # legacy files cannot be mapped
-    with allowed_checkpoint_globals():
-        try:
-            return torch.load(source, map_location=map_location, weights_only=True, mmap=mmap)
-        except pickle.UnpicklingError as err:
-            raise refusal(name, err, advice) from err
-
-
-def refusal(
-    path: str | Path,
-    error: BaseException,
-    advice: str = TRUSTED_SOURCES_ADVICE,
-    kind: str = "checkpoint",
-) -> PippoError:
-    """The error for a pickle that weights-only loading rejected (`kind`: what the file was
-    expected to be, for the message).
-
-    torch names the global it refused ("Unsupported global: GLOBAL builtins.exec"): that file
-    needs code to unpickle. Anything else it cannot parse (text, other pickle opcodes) is
-    unreadable; either way nothing in it was executed.
-    """
-    found = re.search(r"Unsupported global:\s*(?:GLOBAL\s+)?([\w.]+)", str(error))
-    if found:
-        return UnsafeCheckpointError(
-            f"refused to load {path}: it holds pickled objects that need code to unpickle "
-            f"({found.group(1)}), and such a file would run code when loaded; nothing in it "
-            f"was run. Only tensors and plain data are accepted: {advice}"
-        )
-    return CorruptCheckpointError(
-        f"{path} is not a readable {kind} (UnpicklingError: not a pickle that weights-only "
-        "loading accepts; nothing in it was run)"
-    )
 
 
 #: errno values that mean "the storage cannot take more bytes" (not a bug, not a bad path)
@@ -407,39 +296,3 @@ def read_callback_state(ckpt_path: str | Path, key: str) -> Any:
         if isinstance(state, dict) and key in state:
             return state[key]
     return None
-
-
-def reliability_plugins(cfg: Any) -> list[Any]:
-    """Trainer plugins from the config: atomic checkpoint files unless `atomic_checkpoints=false`
-    (e.g. for a strategy with its own distributed checkpoint writer)."""
-    return [AtomicCheckpointIO()] if cfg.get("atomic_checkpoints", True) else []
-
-
-def run_checkpoint_dir(cfg: Any) -> Path:
-    """Where the run's checkpoints go: the checkpoint callback's `dirpath` (which may point at
-    another disk), else `<output_dir>/checkpoints`."""
-    callback = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
-    dirpath = callback.get("dirpath")
-    return Path(dirpath) if dirpath else Path(cfg.paths.output_dir) / "checkpoints"
-
-
-def prepare_resume(cfg: Any) -> str | None:
-    """The checkpoint to fit from (see `resolve_ckpt_path`); when there is one, point the W&B
-    logger config at the run the checkpoint was logging to, so the resumed run continues it."""
-    from omegaconf import open_dict
-
-    from pippo_lightning.callbacks.reliability import WANDB_RUN_ID_KEY
-
-    ckpt_path = resolve_ckpt_path(
-        cfg.get("ckpt_path"), bool(cfg.get("auto_resume", True)), run_checkpoint_dir(cfg)
-    )
-    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
-    if ckpt_path is None or wandb_cfg is None:
-        return ckpt_path
-    run_id = read_callback_state(ckpt_path, WANDB_RUN_ID_KEY)
-    if run_id:
-        with open_dict(wandb_cfg):
-            wandb_cfg.run_id = run_id
-            wandb_cfg.resume = "allow"
-        log.info("resuming W&B run %s", run_id)
-    return ckpt_path

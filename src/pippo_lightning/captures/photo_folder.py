@@ -23,8 +23,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
 
+from pippo_lightning.data.datamodule import LoaderSettings
+from pippo_lightning.data.samplers import EpochSampler
 from pippo_lightning.data.schema import SampleError
 
 log = logging.getLogger(__name__)
@@ -158,3 +161,74 @@ class PhotoFolderDataset(Dataset):
         raise SampleError(
             f"{self.files[index]}: this and the next {MAX_SKIPS - 1} photos are unreadable"
         )
+
+
+class PhotoFolderDataModule(LoaderSettings, LightningDataModule):
+    """Single-view batches ``{"images": [B, 1, 3, R, R], "index": [B]}`` from a photo tree.
+
+    Photos are split into train / val by a hash of their relative path (``val_fraction``).
+    :meth:`setup` scans the folder (``check``: "header" opens each file's header, "decode"
+    decodes every photo, "none" trusts the suffix) and reports unreadable files: a warning
+    with the count and the first paths, and the full list in :attr:`unreadable`.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        resolution: int = 256,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        val_fraction: float = 0.01,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        prefetch_factor: int | None = None,
+        seed: int = 0,
+        check: Check = "header",
+        on_error: OnError = "raise",
+        suffixes: Sequence[str] = PHOTO_SUFFIXES,
+    ) -> None:
+        super().__init__()
+        self.root, self.resolution, self.seed = Path(root), resolution, seed
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.val_fraction, self.check, self.on_error = val_fraction, check, on_error
+        self.suffixes = tuple(suffixes)
+        self._set_loader(num_workers, pin_memory, persistent_workers, prefetch_factor)
+        self.unreadable: list[tuple[Path, str]] = []
+        self.train_dataset: PhotoFolderDataset | None = None
+        self.val_dataset: PhotoFolderDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        scan = scan_photos(self.root, self.check, self.suffixes)
+        self.unreadable = scan.unreadable
+        if scan.unreadable:
+            shown = "; ".join(f"{p}: {why}" for p, why in scan.unreadable[:5])
+            log.warning(
+                "%d of %d photos under %s are unreadable and left out (first: %s)",
+                len(scan.unreadable),
+                len(scan.unreadable) + len(scan.files),
+                self.root,
+                shown,
+            )
+        splits: dict[str, list[Path]] = {"train": [], "val": []}
+        for path in scan.files:
+            splits[split_of(path, self.root, self.val_fraction)].append(path)
+        if not splits["train"]:
+            raise FileNotFoundError(f"no readable photos for training under {self.root}")
+        self.train_dataset = PhotoFolderDataset(splits["train"], self.resolution, self.on_error)
+        if splits["val"]:
+            self.val_dataset = PhotoFolderDataset(splits["val"], self.resolution, self.on_error)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        assert self.train_dataset is not None
+        sampler = EpochSampler(len(self.train_dataset), seed=self.seed, shuffle=True)
+        return self._loader(self.train_dataset, self.batch_size, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self.setup("validate")
+        if self.val_dataset is None:
+            return []
+        return self._loader(self.val_dataset, self.val_batch_size, shuffle=False)

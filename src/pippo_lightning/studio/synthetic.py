@@ -34,8 +34,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pippo_lightning.data.studio_render import Lighting, render_scene
-from pippo_lightning.data.studio_subject import Subject, SubjectParams, build_subject
 from pippo_lightning.geometry.anchors import render_spatial_anchor
 from pippo_lightning.geometry.cameras import (
     WORLD_UP,
@@ -45,6 +43,8 @@ from pippo_lightning.geometry.cameras import (
     look_at,
 )
 from pippo_lightning.geometry.plucker import plucker_rays
+from pippo_lightning.studio.render import Lighting, render_scene
+from pippo_lightning.studio.subject import Subject, SubjectParams, build_subject
 
 __all__ = [
     "FORMAT_NAME",
@@ -118,6 +118,14 @@ class StudioConfig:
                 f"StudioConfig: unknown keys {sorted(unknown)}; known: {sorted(known)}"
             )
         return cls(**dict(values))
+
+    def generate(self, root: str | Path) -> Path:
+        """The data module's hook (a ``SampleGenerator``): :func:`generate_studio` into ``root``."""
+        return generate_studio(self, root)
+
+    def is_generated(self, root: str | Path) -> bool:
+        """Whether ``root`` holds a finished studio (its manifest is written last)."""
+        return (Path(root) / MANIFEST).is_file()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values (tuples become lists), as stored in the manifest.

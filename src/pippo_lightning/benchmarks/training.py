@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pippo_lightning.precision import autocast_for, resolve_precision
+from pippo_lightning.stages.precision import autocast_for, resolve_precision
 
 #: stabilityai/sdxl-vae's architecture (diffusers AutoencoderKL config); weights are random
 SDXL_VAE_ARCHITECTURE: dict[str, Any] = {

@@ -41,8 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pippo_lightning.data.atomic import atomic_directory
-from pippo_lightning.data.capture import (
+from pippo_lightning.captures.capture import (
     HEAD_FILE,
     UNIT_TO_METRES,
     CaptureError,
@@ -60,8 +59,9 @@ from pippo_lightning.data.capture import (
     scale_head,
     to_canonical,
 )
+from pippo_lightning.captures.preview import write_preview
+from pippo_lightning.checkpoints.atomic import atomic_directory
 from pippo_lightning.data.npy_io import write_npy_sample
-from pippo_lightning.data.preview import write_preview
 from pippo_lightning.data.shards import ShardWriter
 from pippo_lightning.geometry.anchors import render_spatial_anchor
 from pippo_lightning.geometry.cameras import (
