@@ -11,14 +11,10 @@ import pytest
 import torch
 
 from pippo_lightning.captures.capture import CaptureError, Conventions, read_cameras
-from pippo_lightning.captures.prepare import (
-    CropBox,
-    PrepareConfig,
-    crop_and_resize,
-    crop_box_intrinsics,
-    prepare,
-    split_subjects,
-)
+from pippo_lightning.captures.crops import CropBox, crop_and_resize, crop_box_intrinsics
+from pippo_lightning.captures.prepare import prepare
+from pippo_lightning.captures.sample import PrepareConfig
+from pippo_lightning.captures.subjects import split_subjects
 from pippo_lightning.cli.data import main
 from pippo_lightning.data import MultiViewDataModule
 from pippo_lightning.data.npy_io import read_npy_sample

@@ -19,7 +19,7 @@ from pippo_lightning.checkpoints import files as checkpoint_files
 from pippo_lightning.checkpoints import reading as checkpoint_reading
 from pippo_lightning.checkpoints.files import AtomicCheckpointIO, read_callback_state
 from pippo_lightning.checkpoints.loading import UnsafeCheckpointError, load_torch_file
-from pippo_lightning.cli import convert
+from pippo_lightning.checkpoints.original import load_original_checkpoint
 from pippo_lightning.cli.train import train
 from pippo_lightning.compressors import IdentityCompressor
 from pippo_lightning.data.npy_io import read_npy_value
@@ -27,6 +27,7 @@ from pippo_lightning.data.schema import SampleError
 from pippo_lightning.inference import pipeline as inference
 from pippo_lightning.metrics import matching
 from pippo_lightning.sharing import artifacts, transfer
+from pippo_lightning.sharing.original import load_converted_model
 from pippo_lightning.stages import preflight
 from pippo_lightning.stages.base import load_stage_weights
 from pippo_lightning.stages.config import ConfigError, OptimizerConfig, SamplingConfig
@@ -106,8 +107,8 @@ def test_checkpoint_with_code_running_pickle_is_refused_and_code_never_runs(
         "init_from": lambda: load_stage_weights(str(path)),
         "hub.safe_torch_load": lambda: checkpoint_reading.safe_torch_load(path),
         "hub.build_bundle": lambda: transfer.build_bundle(path, tmp_path / "bundle", "me/model"),
-        "convert original": lambda: convert.load_original_checkpoint(path),
-        "convert converted": lambda: convert.load_converted_model(path),
+        "convert original": lambda: load_original_checkpoint(path),
+        "convert converted": lambda: load_converted_model(path),
         "metric weights": lambda: matching._load_state_dict(path),
     }
     for where, load in refusing.items():
@@ -117,7 +118,7 @@ def test_checkpoint_with_code_running_pickle_is_refused_and_code_never_runs(
         assert not marker.exists(), f"{where} ran the pickle's code"
 
     with pytest.raises(UnsafeCheckpointError, match=r"--trust-pickle .* off by default"):
-        convert.load_original_checkpoint(path)  # the opt-in is named, and that it is off
+        load_original_checkpoint(path)  # the opt-in is named, and that it is off
     with pytest.raises(inference.CheckpointError) as info:
         inference.load_stage(path, IdentityCompressor(space_to_depth=4))
     assert_refusal(str(info.value), path)

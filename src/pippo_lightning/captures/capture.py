@@ -30,15 +30,13 @@ of distortion coefficients, three lines of world->camera [R | t], a blank line.
 Everything is converted to the package convention (:mod:`pippo_lightning.data.schema`): OpenCV
 axes, world->camera, intrinsics in pixels, metres. The declared conventions are *checked*: the
 subject must lie in front of the cameras and inside their images; when another convention fits
-better, the error names the option that fixes it.
-"""
+better, the error names the option that fixes it."""
 
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,27 +46,38 @@ from torch import Tensor
 
 from pippo_lightning.errors import PippoError
 from pippo_lightning.geometry.cameras import (
-    camera_centers,
-    normalize,
-    orbit_pivot,
-    project_points,
     to_homogeneous_extrinsics,
 )
 
-log = logging.getLogger(__name__)
-
 ExtrinsicsKind = Literal["world_to_camera", "camera_to_world"]
+
+
 Axes = Literal["opencv", "opengl"]
+
+
 IntrinsicsUnits = Literal["pixels", "normalized"]
 
+
 CAMERA_FILES: tuple[str, ...] = ("cameras.json", "KRT", "krt.txt")
+
+
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
 HEAD_FILE = "head.json"
+
+
 UNIT_TO_METRES: dict[str, float] = {"m": 1.0, "cm": 0.01, "mm": 0.001}
+
+
 #: OpenGL camera axes (x right, y up, z backwards) -> OpenCV (x right, y down, z forward).
 GL_TO_CV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64))
+
+
 #: Fraction of cameras that must see the subject for a convention to count as right.
 MIN_SEEING = 0.5
+
+
 #: Distances (metres) from camera to subject beyond which the world unit is probably wrong.
 PLAUSIBLE_DISTANCE_M = (0.1, 50.0)
 
@@ -323,26 +332,6 @@ def write_krt(
     Path(path).write_text("\n".join(blocks) + "\n")
 
 
-# ----------------------------------------------------------------------------- conventions
-def to_package_convention(
-    intrinsics: Tensor, matrices: Tensor, sizes: Sequence[tuple[int, int]], conventions: Conventions
-) -> tuple[Tensor, Tensor]:
-    """K [N, 3, 3] in pixels and world->camera E [N, 4, 4] with OpenCV axes, in metres."""
-    k = intrinsics.double().clone()
-    if conventions.intrinsics_units == "normalized":
-        size = torch.tensor(sizes, dtype=torch.float64)  # [N, 2] (W, H)
-        k[:, 0] *= size[:, :1]
-        k[:, 1] *= size[:, 1:]
-    e = matrices.double()
-    if conventions.extrinsics == "camera_to_world":
-        e = torch.linalg.inv(e)
-    if conventions.axes == "opengl":
-        e = GL_TO_CV @ e
-    e = e.clone()
-    e[:, :3, 3] *= UNIT_TO_METRES[conventions.world_unit]
-    return k, e
-
-
 def from_package_convention(
     intrinsics: Tensor,
     extrinsics: Tensor,
@@ -362,312 +351,3 @@ def from_package_convention(
     if conventions.extrinsics == "camera_to_world":
         e = torch.linalg.inv(e)
     return k, e
-
-
-def seeing_fraction(k: Tensor, e: Tensor, sizes: Sequence[tuple[int, int]], point: Tensor) -> float:
-    """Fraction of cameras with ``point`` [3] in front of them and inside their image."""
-    uv, depth = project_points(point.expand(k.shape[0], 1, 3), k, e)
-    size = torch.tensor(sizes, dtype=k.dtype)  # [N, 2]
-    uv = uv[:, 0]
-    inside = (uv >= 0).all(dim=1) & (uv <= size).all(dim=1) & (depth[:, 0] > 0)
-    return float(inside.double().mean())
-
-
-def _subject_point(e: Tensor, head: Tensor | None) -> Tensor:
-    """The head if known, else the point the cameras look at (least squares)."""
-    return head if head is not None else orbit_pivot(e)
-
-
-def check_conventions(
-    raw: RawCameras,
-    conventions: Conventions,
-    head_center: Tensor | None = None,
-    where: str = "cameras",
-) -> None:
-    """Raise :class:`CaptureError` naming the fix when the cameras do not see the subject.
-
-    Tries the declared conventions and the three other (extrinsics, axes) combinations; the
-    subject is the head centre (in the file's world unit) if given, else the cameras' pivot.
-    """
-    sizes = raw.sizes
-    if any(w <= 0 or h <= 0 for w, h in sizes):
-        raise CaptureError(f"{where}: image sizes unknown; cannot check the cameras")
-    k0 = raw.intrinsics.double()
-    fx, cx, cy = k0[:, 0, 0], k0[:, 0, 2], k0[:, 1, 2]
-    if conventions.intrinsics_units == "pixels" and bool(
-        ((fx.abs() < 4) & (cx.abs() <= 1) & (cy.abs() <= 1)).all()
-    ):
-        raise CaptureError(
-            f"{where}: intrinsics look normalised by the image size (fx={float(fx[0]):.4g}, "
-            f"cx={float(cx[0]):.4g}) but pixels were declared; pass --intrinsics-units "
-            'normalized (or "intrinsics_units": "normalized" in cameras.json)'
-        )
-    scores = {}
-    for extrinsics in ("world_to_camera", "camera_to_world"):
-        for axes in ("opencv", "opengl"):
-            trial = replace(conventions, extrinsics=extrinsics, axes=axes, world_unit="m")
-            k, e = to_package_convention(raw.intrinsics, raw.matrices, sizes, trial)
-            point = _subject_point(e, head_center)
-            scores[(extrinsics, axes)] = seeing_fraction(k, e, sizes, point)
-    declared = (conventions.extrinsics, conventions.axes)
-    best = max(scores, key=lambda key: scores[key])
-    if scores[declared] >= MIN_SEEING and scores[declared] >= scores[best]:
-        return
-    subject = "the head" if head_center is not None else "the point the cameras look at"
-    if scores[best] >= MIN_SEEING and best != declared:
-        fixes = []
-        if best[0] != declared[0]:
-            fixes.append(f"--extrinsics {best[0]}")
-        if best[1] != declared[1]:
-            fixes.append(f"--axes {best[1]}")
-        raise CaptureError(
-            f"{where}: declared {declared[0]} with {declared[1]} axes, but then only "
-            f"{scores[declared]:.0%} of the cameras see {subject} (the cameras face away from "
-            f"the subject); as {best[0]} with {best[1]} axes {scores[best]:.0%} do. "
-            f"Pass {' '.join(fixes)}"
-        )
-    raise CaptureError(
-        f"{where}: only {scores[declared]:.0%} of the cameras see {subject} under any "
-        f"convention (best: {best[0]}, {best[1]} axes, {scores[best]:.0%}); check the "
-        "calibration, the head positions and the image sizes"
-    )
-
-
-def load_rig(
-    directory: Path,
-    conventions: Conventions | None = None,
-    sizes: Mapping[str, tuple[int, int]] | None = None,
-    head_center: Tensor | None = None,
-) -> Rig:
-    """Read, check and convert the cameras of a capture directory.
-
-    ``conventions`` given explicitly override the file's own declarations; ``sizes`` fill in
-    image sizes the file does not state; ``head_center`` is in the file's world unit.
-    """
-    path = find_camera_file(directory)
-    raw = read_cameras(path)
-    declared = Conventions(**raw.declared) if raw.declared else Conventions()
-    conventions = conventions or declared
-    if sizes:
-        raw.sizes = [
-            size if size[0] > 0 else tuple(sizes.get(name, (0, 0)))
-            for name, size in zip(raw.names, raw.sizes)
-        ]
-    raw = _known_sizes_only(raw, path)
-    check_conventions(raw, conventions, head_center, str(path))
-    k, e = to_package_convention(raw.intrinsics, raw.matrices, raw.sizes, conventions)
-    _check_distances(e, head_center, conventions, path)
-    return Rig(list(raw.names), k, e, raw.distortion.double(), list(raw.sizes))
-
-
-def _known_sizes_only(raw: RawCameras, path: Path) -> RawCameras:
-    """Drop cameras whose image size is unknown (no images, no size in the file): they cannot
-    be checked or used. Logged, and an error if none remain."""
-    keep = [i for i, (w, h) in enumerate(raw.sizes) if w > 0 and h > 0]
-    if not keep:
-        raise CaptureError(f"{path}: no camera has images (or a stated width and height)")
-    if len(keep) < len(raw.names):
-        dropped = [n for i, n in enumerate(raw.names) if i not in keep]
-        log.warning("%s: cameras without images are ignored: %s", path, ", ".join(dropped[:10]))
-    index = torch.tensor(keep)
-    return RawCameras(
-        [raw.names[i] for i in keep],
-        raw.intrinsics[index],
-        raw.matrices[index],
-        raw.distortion[index],
-        [raw.sizes[i] for i in keep],
-        raw.declared,
-    )
-
-
-def _check_distances(
-    e: Tensor, head_center: Tensor | None, conventions: Conventions, path: Path
-) -> None:
-    """Warn when camera distances are implausible in metres (a wrong world unit)."""
-    scale = UNIT_TO_METRES[conventions.world_unit]
-    point = head_center * scale if head_center is not None else orbit_pivot(e)
-    distance = float((camera_centers(e) - point).norm(dim=-1).median())
-    low, high = PLAUSIBLE_DISTANCE_M
-    if not low <= distance <= high:
-        log.warning(
-            "%s: cameras are %.3g m from the subject: is the world unit right (world_unit=%s)?",
-            path,
-            distance,
-            conventions.world_unit,
-        )
-
-
-# ----------------------------------------------------------------------------- heads
-def head_from_keypoints(points: Mapping[str, Sequence[float]], eye_depth: float) -> HeadPose:
-    """Head pose from 3-D keypoints: eyes and nose, ears optional (recommended).
-
-    With ears: the centre is the ears' midpoint, the subject's right axis runs from the left to
-    the right ear, and forward points from the ears' midpoint to the eyes' midpoint (the
-    Frankfort plane through ears and eyes is close to horizontal for an upright head). Without
-    ears: right runs from eye to eye, forward is the nose's offset from the eyes (tilted down
-    by the nose's drop), and the centre lies ``eye_depth`` behind the eyes. Forward is made
-    orthogonal to right; up completes the frame (forward x up = right, the anchor convention).
-    """
-    try:
-        left, right, nose = (
-            torch.tensor(points[name], dtype=torch.float64)
-            for name in ("left_eye", "right_eye", "nose")
-        )
-    except KeyError as error:
-        raise CaptureError(
-            f"head keypoints need left_eye, right_eye and nose; found {sorted(points)}"
-        ) from error
-    eyes = (left + right) / 2
-    if "left_ear" in points and "right_ear" in points:
-        left_ear = torch.tensor(points["left_ear"], dtype=torch.float64)
-        right_ear = torch.tensor(points["right_ear"], dtype=torch.float64)
-        center = (left_ear + right_ear) / 2
-        right_axis = normalize(right_ear - left_ear)
-        forward = eyes - center
-    else:
-        right_axis = normalize(right - left)
-        forward = nose - eyes
-        center = None
-    forward = normalize(forward - (forward @ right_axis) * right_axis)
-    up = torch.cross(right_axis, forward, dim=0)
-    if center is None:
-        center = eyes - eye_depth * forward
-    return HeadPose(center, forward, up)
-
-
-def parse_head(entry: Mapping[str, Any], eye_depth: float) -> HeadPose:
-    """One head entry of ``head.json`` (see the module docstring), in the file's unit."""
-    if "keypoints" in entry:
-        return head_from_keypoints(entry["keypoints"], eye_depth)
-    center = torch.tensor(entry["center"], dtype=torch.float64)
-    if "rotation" in entry:
-        rotation = torch.tensor(entry["rotation"], dtype=torch.float64)  # head -> world
-        forward, up = rotation[:, 2], rotation[:, 1]
-    else:
-        forward = torch.tensor(entry["forward"], dtype=torch.float64)
-        up = torch.tensor(entry.get("up", [0.0, 1.0, 0.0]), dtype=torch.float64)
-    forward = normalize(forward)
-    up = normalize(up - (up @ forward) * forward)
-    return HeadPose(center, forward, up)
-
-
-def read_heads(path: Path, eye_depth: float) -> dict[str, HeadPose]:
-    """Head poses per frame ("*" for all frames) from ``head.json``."""
-    try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict):
-            raise CaptureError("expected a JSON object")
-        if any(k in data for k in ("center", "keypoints")):
-            return {"*": parse_head(data, eye_depth)}
-        return {str(frame): parse_head(entry, eye_depth) for frame, entry in data.items()}
-    except CaptureError as error:
-        raise CaptureError(f"{path}: {error}") from error
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise CaptureError(
-            f"{path}: malformed head file: {type(error).__name__}: {error}"
-        ) from error
-
-
-def scale_head(head: HeadPose, metres_per_unit: float) -> HeadPose:
-    return HeadPose(head.center * metres_per_unit, head.forward, head.up)
-
-
-def default_head(rig: Rig) -> HeadPose:
-    """A stand-in when no head pose is given: the cameras' pivot, facing the first camera.
-
-    Up is the average of the cameras' up directions (-y rows of R): right for capture domes.
-    """
-    center = orbit_pivot(rig.extrinsics)
-    up = rig_up(rig)
-    towards = camera_centers(rig.extrinsics[:1])[0] - center
-    forward = normalize(towards - (towards @ up) * up)
-    return HeadPose(center, forward, up)
-
-
-def rig_up(rig: Rig) -> Tensor:
-    """The rig's vertical [3]: the mean of the cameras' up directions (-y rows of R).
-
-    Tilts of cameras looking down or up at the subject cancel around a dome.
-    """
-    return normalize(-rig.extrinsics[:, 1, :3].mean(dim=0))
-
-
-def canonical_transform(rig: Rig, head: HeadPose) -> Tensor:
-    """World -> canonical [4, 4]: origin at the head, +y the rig's up, +z the head's facing
-    direction made horizontal (the synthetic studio's axes), so every sample shares one frame."""
-    up = rig_up(rig)
-    forward = head.forward - (head.forward @ up) * up
-    if float(forward.norm()) < 1e-3:  # looking straight up or down: face the first camera
-        forward = camera_centers(rig.extrinsics[:1])[0] - head.center
-        forward = forward - (forward @ up) * up
-    forward = normalize(forward)
-    x_axis = torch.cross(up, forward, dim=0)  # the subject's left, as +x in the studio
-    rotation = torch.stack([x_axis, up, forward])  # rows: new axes in old coordinates
-    transform = torch.eye(4, dtype=torch.float64)
-    transform[:3, :3] = rotation
-    transform[:3, 3] = -rotation @ head.center
-    return transform
-
-
-def to_canonical(rig: Rig, head: HeadPose) -> tuple[Rig, HeadPose]:
-    """The rig and head expressed in :func:`canonical_transform`'s frame."""
-    transform = canonical_transform(rig, head)
-    rotation = transform[:3, :3]
-    moved = Rig(
-        rig.names,
-        rig.intrinsics,
-        rig.extrinsics @ torch.linalg.inv(transform),  # x_cam = E T^-1 (T x_world)
-        rig.distortion,
-        rig.sizes,
-    )
-    return moved, HeadPose(
-        torch.zeros(3, dtype=torch.float64), rotation @ head.forward, rotation @ head.up
-    )
-
-
-# ----------------------------------------------------------------------------- images
-def image_files(directory: Path, camera: str) -> dict[str, Path]:
-    """Frame name -> image path of one camera (``images/<cam>/<frame>.*`` or ``images/<cam>.*``)."""
-    images = directory / "images"
-    folder = images / camera
-    if folder.is_dir():
-        return {
-            p.stem: p
-            for p in sorted(folder.iterdir())
-            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-        }
-    single = [images / f"{camera}{s}" for s in IMAGE_SUFFIXES]
-    single += [images / f"{camera}{s.upper()}" for s in IMAGE_SUFFIXES]
-    found = [p for p in single if p.is_file()]
-    return {"0": found[0]} if found else {}
-
-
-def read_image(path: Path) -> np.ndarray:
-    """An RGB uint8 image [H, W, 3]; 16-bit, grey and RGBA inputs are converted."""
-    import imageio.v3 as iio
-
-    try:
-        image = np.asarray(iio.imread(path))
-    except Exception as error:  # decoders raise many types
-        raise CaptureError(f"{path}: cannot read the image: {error}") from error
-    if image.dtype == np.uint16:
-        image = (image.astype(np.float64) / 257.0).round().astype(np.uint8)
-    elif image.dtype != np.uint8:
-        image = np.clip(image.astype(np.float64), 0, 255).round().astype(np.uint8)
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise CaptureError(f"{path}: expected an RGB image, found shape {list(image.shape)}")
-    return np.ascontiguousarray(image[:, :, :3])
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image file, read from its header where possible."""
-    try:
-        from PIL import Image
-
-        with Image.open(path) as image:
-            return image.size
-    except Exception:
-        height, width = read_image(path).shape[:2]
-        return width, height

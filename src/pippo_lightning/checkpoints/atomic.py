@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pippo_lightning.errors import PippoError
 
@@ -70,17 +71,74 @@ def _replace(staging: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary sibling file and an atomic replace."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; when the block succeeds it replaces
+    ``path`` in one rename, so a reader sees the old file or the new one, never half of one.
+
+    The one atomic file writer (images, videos, samples, shards, checkpoints). The temporary
+    keeps ``path``'s suffix (writers that pick a format by suffix see the right one). ``fsync``:
+    flush the data to disk before the rename and the rename after it (checkpoints: a crash must
+    not leave a renamed but empty file). On an exception the temporary is removed and ``path``
+    is untouched; raising inside the block (e.g. a check of the written file) aborts the swap.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    temporary = Path(name)
     try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
+        yield temporary
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp files are private (0600)
+        if fsync:
+            _fsync(temporary)
         os.replace(temporary, path)
-    except BaseException:
+        if fsync:
+            _fsync(path.parent)
+    finally:
         with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+            temporary.unlink()
+
+
+def _fsync(path: Path) -> None:
+    """Make a file's data (or a directory's entries) durable; a no-op where it cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically and durably: a crash or a full disk leaves either
+    the old file or the new one."""
+    import torch
+
+    with atomic_path(path, fsync=True) as temporary, open(temporary, "wb") as handle:
+        torch.save(obj, handle)
+
+
+def replace_directory(tmp: Path, path: Path) -> None:
+    """Make the fully written directory `tmp` the checkpoint `path` by renames only (a sharded
+    checkpoint's atomic write; the previous one is deleted once the new one is in place)."""
+    old = path.with_name(f".{path.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if path.is_dir():
+        os.replace(path, old)
+    elif path.exists():
+        path.unlink()
+    os.replace(tmp, path)
+    _fsync(path.parent)
+    shutil.rmtree(old, ignore_errors=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from pippo_lightning.checkpoints.atomic import atomic_path
 from pippo_lightning.checkpoints.loading import CorruptCheckpointError, load_torch_file
 from pippo_lightning.errors import PippoError
 
@@ -118,30 +118,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            with open(tmp, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                # the data must be on disk before the rename makes it the checkpoint
-                os.fsync(handle.fileno())
-            problem = checkpoint_problem(tmp)
-            if problem:
-                raise CorruptCheckpointError(
-                    f"{path}: freshly written checkpoint is bad: {problem}"
-                )
-            os.replace(tmp, path)
+            with atomic_path(path, fsync=True) as temporary:
+                with open(temporary, "wb") as handle:
+                    torch.save(checkpoint, handle)
+                problem = checkpoint_problem(temporary)
+                if problem:
+                    raise CorruptCheckpointError(
+                        f"{path}: freshly written checkpoint is bad: {problem}"
+                    )
         except Exception as err:
             reason = _no_space_reason(err)
             if reason is None:
                 raise
-            # the partial file goes first, so the message reports the space really left
-            tmp.unlink(missing_ok=True)
+            # the partial file is gone by now, so the message reports the space really left
             raise CheckpointWriteError(_no_space_message(path, reason)) from err
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
 
     def load_checkpoint(
         self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
@@ -167,21 +158,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             log.warning("keeping %s: it is the only valid checkpoint left in %s", path, path.parent)
             return
         super().remove_checkpoint(path)  # recursive: sharded checkpoints are directories
-
-
-def replace_directory(tmp: Path, path: Path) -> None:
-    """Make the fully written directory `tmp` the checkpoint `path` by renames only (a sharded
-    checkpoint's atomic write; the previous one is deleted once the new one is in place)."""
-    old = path.with_name(f".{path.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if path.is_dir():
-        os.replace(path, old)
-    elif path.exists():
-        path.unlink()
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _no_space_reason(err: BaseException) -> str | None:
@@ -217,20 +193,6 @@ def _no_space_message(path: Path, reason: str) -> str:
         f"{kept}. Free space (or set callbacks.model_checkpoint.dirpath elsewhere, or keep fewer "
         "checkpoints) and rerun in the same run directory (auto_resume=true)"
     )
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def find_resume_checkpoint(directory: str | Path) -> Path | None:

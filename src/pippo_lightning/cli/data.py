@@ -41,7 +41,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from pippo_lightning.captures.capture import Conventions
-    from pippo_lightning.captures.prepare import PrepareConfig, prepare
+    from pippo_lightning.captures.prepare import prepare
+    from pippo_lightning.captures.sample import PrepareConfig
 
     config = PrepareConfig(
         resolution=args.resolution,

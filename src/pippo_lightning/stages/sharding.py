@@ -117,7 +117,7 @@ class FullyShardedStrategy(ModelParallelStrategy):
         mid-save would leave the previous `.metadata` next to half-new shards."""
         if not self._save_distributed_checkpoint:
             return super().save_checkpoint(checkpoint, filepath, storage_options)
-        from pippo_lightning.checkpoints.files import replace_directory
+        from pippo_lightning.checkpoints.atomic import replace_directory
 
         path = Path(self.broadcast(str(filepath)))
         tmp = path.with_name(f".{path.name}.tmp")
