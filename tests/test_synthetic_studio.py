@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from pippo_lightning.data import synthetic_studio
 from pippo_lightning.geometry import (
     camera_pose_vector,
     dome_cameras,
@@ -18,6 +17,7 @@ from pippo_lightning.geometry import (
     plucker_rays,
     project_points,
 )
+from pippo_lightning.studio import synthetic as synthetic_studio
 from pippo_lightning.studio.render import (
     BACKGROUND_ID,
     Lighting,
