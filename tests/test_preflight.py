@@ -24,13 +24,8 @@ from pippo_lightning.compressors.identity import IdentityCompressor
 from pippo_lightning.data.convert import npy_to_shards
 from pippo_lightning.stages import MidTrainStage, PostTrainStage, preflight
 from pippo_lightning.stages.config import ConfigError
-from pippo_lightning.stages.preflight import (
-    check_hardware,
-    check_model,
-    check_settings,
-    latent_geometry,
-    validate_run_config,
-)
+from pippo_lightning.stages.dry_build import check_model, latent_geometry
+from pippo_lightning.stages.preflight import check_hardware, check_settings, validate_run_config
 from pippo_lightning.studio.synthetic import StudioConfig, generate_studio
 from tests.conftest import TINY_RUN
 

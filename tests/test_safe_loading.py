@@ -28,7 +28,7 @@ from pippo_lightning.inference import pipeline as inference
 from pippo_lightning.metrics import matching
 from pippo_lightning.sharing import artifacts, transfer
 from pippo_lightning.sharing.original import load_converted_model
-from pippo_lightning.stages import preflight
+from pippo_lightning.stages import dry_build
 from pippo_lightning.stages.base import load_stage_weights
 from pippo_lightning.stages.config import ConfigError, OptimizerConfig, SamplingConfig
 from tests.conftest import TINY_RUN
@@ -123,7 +123,7 @@ def test_checkpoint_with_code_running_pickle_is_refused_and_code_never_runs(
         inference.load_stage(path, IdentityCompressor(space_to_depth=4))
     assert_refusal(str(info.value), path)
     with pytest.raises(ConfigError, match="refused to load"):
-        preflight.checkpoint_shapes(str(path))
+        dry_build.checkpoint_shapes(str(path))
     assert checkpoint_reading.checkpoint_metadata(path) is None
     assert artifacts._artifact_metadata(path) == {}
     assert not marker.exists()

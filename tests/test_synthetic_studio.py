@@ -18,13 +18,8 @@ from pippo_lightning.geometry import (
     project_points,
 )
 from pippo_lightning.studio import synthetic as synthetic_studio
-from pippo_lightning.studio.render import (
-    BACKGROUND_ID,
-    Lighting,
-    Material,
-    SceneBuilder,
-    render_scene,
-)
+from pippo_lightning.studio.render import render_scene
+from pippo_lightning.studio.scene import BACKGROUND_ID, Lighting, Material, SceneBuilder
 from pippo_lightning.studio.subject import SubjectParams, build_subject
 from pippo_lightning.studio.synthetic import (
     StudioConfig,

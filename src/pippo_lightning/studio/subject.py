@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from pippo_lightning.geometry.cameras import normalize
-from pippo_lightning.studio.render import PATTERNS, Material, Pattern, SceneBuilder, SdfScene
+from pippo_lightning.studio.scene import PATTERNS, Material, Pattern, SceneBuilder, SdfScene
 
 RGB = tuple[float, float, float]
 Pair = tuple[float, float]

@@ -43,7 +43,8 @@ from pippo_lightning.geometry.cameras import (
     look_at,
 )
 from pippo_lightning.geometry.plucker import plucker_rays
-from pippo_lightning.studio.render import Lighting, render_scene
+from pippo_lightning.studio.render import render_scene
+from pippo_lightning.studio.scene import Lighting
 from pippo_lightning.studio.subject import Subject, SubjectParams, build_subject
 
 __all__ = [
