@@ -16,15 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pippo_lightning.checkpoints.loading import register_safe_globals
+from pippo_lightning.conditioning.dropout import CONDITIONS, ConditionDropout
 from pippo_lightning.diffusion.sampling import SamplerConfig
+from pippo_lightning.errors import ConfigError
 
 T = TypeVar("T")
-
-CONDITIONS = ("ref", "cameras", "control")
-
-
-class ConfigError(ValueError):
-    """A stage setting is unknown, of the wrong type or out of range."""
 
 
 def plain(value: Any) -> Any:
@@ -154,23 +150,6 @@ class OptimizerConfig:
             return 1.0
         start = self.warmup_start_lr / self.lr
         return start + (1.0 - start) * step / self.warmup_steps
-
-
-@dataclass(frozen=True)
-class ConditionDropout:
-    """Classifier-free-guidance dropout: each condition is replaced by its null for a sample
-    with its own probability, and `all` drops every condition of a sample together."""
-
-    ref: float = 0.2
-    cameras: float = 0.0
-    control: float = 0.0
-    all: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in (*CONDITIONS, "all"):
-            p = getattr(self, name)
-            if not 0.0 <= p <= 1.0:
-                raise ConfigError(f"condition_dropout.{name} must be in [0, 1], got {p}")
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,7 @@ from pippo_lightning.checkpoints.loading import load_torch_file
 from pippo_lightning.compressors.base import Compressor
 from pippo_lightning.errors import PippoError
 from pippo_lightning.models.image_encoders import ImageEncoder
-from pippo_lightning.stages.config import (
-    ConfigError,
-    plain,
-)
+from pippo_lightning.stages.config import ConfigError, plain
 from pippo_lightning.stages.init_from import fit_problems, misfit_message, model_weights
 
 log = logging.getLogger(__name__)

@@ -31,11 +31,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pippo_lightning.conditioning.dropout import ConditionDropout
 from pippo_lightning.data.sources import has_samples, open_source, sample_view_count
 from pippo_lightning.diffusion.ddim import leading_timesteps
 from pippo_lightning.diffusion.schedules import ScheduleConfig
 from pippo_lightning.stages.config import (
-    ConditionDropout,
     ConfigError,
     EMAConfig,
     OptimizerConfig,
