@@ -225,7 +225,7 @@ class PhotoFolderDataModule(LoaderSettings, LightningDataModule):
         self.setup("fit")
         assert self.train_dataset is not None
         sampler = EpochSampler(len(self.train_dataset), seed=self.seed, shuffle=True)
-        return self._loader(self.train_dataset, self.batch_size, sampler=sampler)
+        return self._loader(self.train_dataset, self.batch_size, resumable=True, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup("validate")

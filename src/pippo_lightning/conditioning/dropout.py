@@ -50,14 +50,22 @@ class ConditionDropout:
 
 
 def sample_condition_drops(
-    dropout: ConditionDropout, batch_size: int, device: torch.device | str
+    dropout: ConditionDropout,
+    batch_size: int,
+    device: torch.device | str,
+    generator: torch.Generator | None = None,
 ) -> dict[str, Tensor]:
-    """Per-sample training masks bool [B] per group: each on its own, plus all together."""
-    drop_all = torch.rand(batch_size, device=device) < dropout.all
-    return {
-        name: drop_all | (torch.rand(batch_size, device=device) < getattr(dropout, name))
-        for name in CONDITIONS
-    }
+    """Per-sample training masks bool [B] per group: each on its own, plus all together.
+
+    Drawn from `generator` (the stage's training stream; the global one when None) on its
+    device, then moved to `device`."""
+    draw_device = generator.device if generator is not None else device
+
+    def draw() -> Tensor:
+        return torch.rand(batch_size, generator=generator, device=draw_device).to(device)
+
+    drop_all = draw() < dropout.all
+    return {name: drop_all | (draw() < getattr(dropout, name)) for name in CONDITIONS}
 
 
 def no_drops(batch_size: int, device: torch.device | str) -> dict[str, Tensor]:

@@ -31,6 +31,7 @@ from pippo_lightning.data.dataset import (
     ViewSampling,
 )
 from pippo_lightning.data.latent_cache import DEFAULT_CACHE_DIR, LatentCache, find_latent_cache
+from pippo_lightning.data.resumable import ResumableDataLoader
 from pippo_lightning.data.samplers import EpochSampler
 from pippo_lightning.data.sources import SampleGenerator, has_samples, open_source
 from pippo_lightning.errors import PippoError
@@ -69,8 +70,13 @@ class LoaderSettings:
         self.persistent_workers = persistent_workers and num_workers > 0
         self.prefetch_factor = prefetch_factor if num_workers > 0 else None
 
-    def _loader(self, dataset: Dataset, batch_size: int, **kwargs: Any) -> DataLoader:
-        return DataLoader(
+    def _loader(
+        self, dataset: Dataset, batch_size: int, resumable: bool = False, **kwargs: Any
+    ) -> DataLoader:
+        """A loader with these settings; `resumable` for train loaders: it checkpoints its
+        position in the epoch (Lightning saves it), so a resumed run skips what was trained on."""
+        loader_class = ResumableDataLoader if resumable else DataLoader
+        return loader_class(
             dataset,
             batch_size=batch_size,
             num_workers=self.num_workers,
@@ -215,7 +221,7 @@ class MultiViewDataModule(LoaderSettings, LightningDataModule):
             self.setup("fit")
         assert self.train_dataset is not None
         sampler = EpochSampler(len(self.train_dataset), seed=self.seed, shuffle=True)
-        return self._loader(self.train_dataset, self.batch_size, sampler=sampler)
+        return self._loader(self.train_dataset, self.batch_size, resumable=True, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_dataset is None:

@@ -57,6 +57,9 @@ from pippo_lightning.stages.sharding import configure_sharding, gradient_norm
 Batch = dict[str, Any]
 log = logging.getLogger(__name__)
 
+#: The checkpoint entry holding the stage's training random stream (`PippoStage.training_rng`).
+TRAINING_RNG_KEY = "pippo_training_rng"
+
 
 def load_stage_weights(path: str) -> dict[str, Tensor]:
     """The Pippo weights of a stage checkpoint (EMA where present), keys relative to the model."""
@@ -159,6 +162,12 @@ class PippoStage(StageLatents, StageSampling, StageOptimization, L.LightningModu
         #: torch.compile the model (and its EMA shadow) in `configure_model`; not a hyper-parameter
         #: of the weights, so a checkpoint loaded for inference runs eagerly
         self.compile_model = compile_model
+        #: the random stream of the training steps (timesteps, noise, dropout masks), on the
+        #: CPU: seeded at fit start from the run's seed, saved in and restored from checkpoints.
+        #: Validation and loader start-up draw from the global generators, so they cannot shift
+        #: it, and a resumed run continues it exactly.
+        self.training_rng = torch.Generator(device="cpu")
+        self._training_rng_restored = False
 
     # ----------------------------------------------------------------- construction
     def _model_config(self, size: str, overrides: dict[str, Any]) -> PippoConfig:
@@ -251,7 +260,9 @@ class PippoStage(StageLatents, StageSampling, StageOptimization, L.LightningModu
 
     def sample_condition_drops(self, batch_size: int) -> dict[str, Tensor]:
         """Per-sample CFG dropout masks: each condition on its own, plus all together."""
-        return sample_condition_drops(self.condition_dropout, batch_size, self.device)
+        return sample_condition_drops(
+            self.condition_dropout, batch_size, self.device, self.training_rng
+        )
 
     # ----------------------------------------------------------------- training
     def diffusion_loss(
@@ -267,15 +278,19 @@ class PippoStage(StageLatents, StageSampling, StageOptimization, L.LightningModu
         return self.loss_fn(prediction, self.schedule.training_target(latents.x0, noise, t))
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        latents = self.to_latents(batch)
+        latents = self.to_latents(batch, self.training_rng)
         b = latents.batch_size
-        t = self.schedule.sample_timesteps(b, device=self.device)
-        noise = offset_noise(latents.x0.shape, self.noise_offset, None, self.device)
+        rng = self.training_rng
+        t = self.schedule.sample_timesteps(b, generator=rng, device=self.device)
+        noise = offset_noise(latents.x0.shape, self.noise_offset, rng, self.device)
         loss = self.diffusion_loss(latents, t, noise, self.sample_condition_drops(b))
         self.log("train/loss", loss, prog_bar=True, batch_size=b, sync_dist=True)
         return loss
 
     def on_fit_start(self) -> None:
+        if not self._training_rng_restored:
+            # the seed `seed_everything` set (cli.train seeds every run): a fresh run's stream
+            self.training_rng.manual_seed(torch.initial_seed())
         # a latent cache written by another compressor must not be trained on
         datamodule = getattr(self.trainer, "datamodule", None)
         cache_identity = getattr(datamodule, "latent_identity", None)
@@ -324,6 +339,13 @@ class PippoStage(StageLatents, StageSampling, StageOptimization, L.LightningModu
         # Which stage wrote it: loaders then refuse another stage's checkpoint by name instead
         # of failing on its first missing tensor (see inference.load_stage).
         checkpoint[STAGE_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint[TRAINING_RNG_KEY] = self.training_rng.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(TRAINING_RNG_KEY)
+        if state is not None:  # resuming: continue the stream where the checkpoint left it
+            self.training_rng.set_state(state)
+            self._training_rng_restored = True
 
     # ----------------------------------------------------------------- validation
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor] | None:

@@ -24,10 +24,12 @@ class StageLatents:
     """Encoding and decoding views, and gathering a batch's conditions into a LatentBatch."""
 
     @torch.no_grad()
-    def encode_views(self, images: Tensor) -> Tensor:
+    def encode_views(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """[B, V, 3, H, W] in [-1, 1] → [B, V, C, h, w] scaled latents."""
         b = images.shape[0]
-        latents = self.compressor.encode(rearrange(images, "b v c h w -> (b v) c h w"))
+        latents = self.compressor.encode(
+            rearrange(images, "b v c h w -> (b v) c h w"), generator=generator
+        )
         return rearrange(latents, "(b v) c h w -> b v c h w", b=b)
 
     @torch.no_grad()
@@ -37,7 +39,9 @@ class StageLatents:
         images = self.compressor.decode(rearrange(latents, "b v c h w -> (b v) c h w"))
         return rearrange(images, "(b v) c h w -> b v c h w", b=b).clamp(-1, 1)
 
-    def to_latents(self, batch: Batch) -> LatentBatch:
+    def to_latents(self, batch: Batch, generator: torch.Generator | None = None) -> LatentBatch:
+        """The conditions and targets of `batch` in latent space; `generator` feeds a compressor
+        that samples its posterior (training passes the stage's stream)."""
         images = batch["images"]
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
             raise ValueError(
@@ -53,12 +57,14 @@ class StageLatents:
                 anchors = batch["anchor_latents"] if ref else batch["anchor_latents"][:, :-1]
             else:
                 views = [batch["anchor"], batch["ref_anchor"]] if ref else [batch["anchor"]]
-                anchors = self.encode_views(torch.cat(views, dim=1))
+                anchors = self.encode_views(torch.cat(views, dim=1), generator)
         ref_latent = None
         if ref:
-            ref_latent = batch["ref_latent"] if cached else self.encode_views(batch["ref_image"])
+            ref_latent = (
+                batch["ref_latent"] if cached else self.encode_views(batch["ref_image"], generator)
+            )
         latents = LatentBatch(
-            x0=batch["latents"] if cached else self.encode_views(images),
+            x0=batch["latents"] if cached else self.encode_views(images, generator),
             ref_latent=ref_latent,
             cam_pose=batch["cam_pose"] if self.use_cameras else None,
             ref_cam_pose=batch["ref_cam_pose"] if self.use_cameras and ref else None,
@@ -67,7 +73,7 @@ class StageLatents:
             anchor_latents=anchors,
             global_embedding=self.embed_image(batch),
         )
-        return self.join_face_crop(batch, latents) if self.use_face_crop else latents
+        return self.join_face_crop(batch, latents, generator) if self.use_face_crop else latents
 
     @torch.no_grad()
     def embed_image(self, batch: Batch) -> Tensor | None:
@@ -76,7 +82,9 @@ class StageLatents:
             return None
         return self.image_encoder(batch[self.embed_key][:, 0])
 
-    def join_face_crop(self, batch: Batch, latents: LatentBatch) -> LatentBatch:
+    def join_face_crop(
+        self, batch: Batch, latents: LatentBatch, generator: torch.Generator | None = None
+    ) -> LatentBatch:
         """Append `batch["face_crop"]` [B, 1, 3, H, W] as a second reference view (paper, P3).
 
         Its camera, Plücker rays and anchor default to the reference's, as the original feeds
@@ -95,11 +103,11 @@ class StageLatents:
             anchor = (
                 latents.anchor_latents[:, -1:]  # the reference's anchor latent
                 if face_anchor is None
-                else self.encode_views(face_anchor)
+                else self.encode_views(face_anchor, generator)
             )
         return dataclasses.replace(
             latents,
-            ref_latent=join(latents.ref_latent, self.encode_views(batch["face_crop"])),
+            ref_latent=join(latents.ref_latent, self.encode_views(batch["face_crop"], generator)),
             ref_cam_pose=join(
                 latents.ref_cam_pose, batch.get("face_cam_pose", latents.ref_cam_pose)
             ),
