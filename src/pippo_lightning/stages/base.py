@@ -14,9 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from einops import rearrange
 from torch import Tensor
-from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from pippo_lightning.checkpoints.loading import load_torch_file
 from pippo_lightning.checkpoints.reading import STAGE_CLASS_KEY
@@ -24,7 +22,6 @@ from pippo_lightning.compressors.base import Compressor
 from pippo_lightning.conditioning.dropout import (
     ConditionDropout,
     network_drop_arguments,
-    no_drops,
     sample_condition_drops,
 )
 from pippo_lightning.conditioning.latents import LatentBatch
@@ -34,7 +31,7 @@ from pippo_lightning.diffusion.loss import DiffusionLoss, offset_noise
 from pippo_lightning.diffusion.sampling import SamplerFactory
 from pippo_lightning.diffusion.schedules import NoiseSchedule, ScheduleConfig
 from pippo_lightning.metrics.image import ImageMetrics
-from pippo_lightning.metrics.reprojection import ReprojectionError, reprojection_log_name
+from pippo_lightning.metrics.reprojection import ReprojectionError
 from pippo_lightning.models.image_encoders import ImageEncoder
 from pippo_lightning.models.pippo import Pippo, PippoConfig, count_parameters, pippo_config
 from pippo_lightning.stages.compilation import compile_networks
@@ -51,8 +48,9 @@ from pippo_lightning.stages.ema import EMA
 from pippo_lightning.stages.init_from import fit_problems, misfit_message, model_weights
 from pippo_lightning.stages.latents import StageLatents
 from pippo_lightning.stages.optimization import StageOptimization
-from pippo_lightning.stages.sampling import StageSampling, sample_noise
+from pippo_lightning.stages.sampling import StageSampling
 from pippo_lightning.stages.sharding import configure_sharding, gradient_norm
+from pippo_lightning.stages.validation import StageValidation
 
 Batch = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -68,7 +66,9 @@ def load_stage_weights(path: str) -> dict[str, Tensor]:
     return model_weights(load_torch_file(path), path)
 
 
-class PippoStage(StageLatents, StageSampling, StageOptimization, L.LightningModule):
+class PippoStage(
+    StageLatents, StageSampling, StageOptimization, StageValidation, L.LightningModule
+):
     """Denoising training of a Pippo model over multi-view batches (see `data.dataset`)."""
 
     #: Stage-level switches on the model; subclasses pin them.
@@ -346,63 +346,3 @@ class PippoStage(StageLatents, StageSampling, StageOptimization, L.LightningModu
         if state is not None:  # resuming: continue the stream where the checkpoint left it
             self.training_rng.set_state(state)
             self._training_rng_restored = True
-
-    # ----------------------------------------------------------------- validation
-    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor] | None:
-        latents = self.to_latents(batch)
-        b = latents.batch_size
-        keep_all = no_drops(b, self.device)
-        # Fixed timesteps and noise seeded by sample index make the validation loss comparable
-        # across steps and independent of how samples are batched or sharded over ranks.
-        losses = []
-        for step in self.validation_config.loss_timesteps:
-            t = torch.full((b,), step, dtype=torch.long, device=self.device)
-            noise = sample_noise(latents.x0.shape, batch["index"], offset=step).to(self.device)
-            losses.append(self.diffusion_loss(latents, t, noise, keep_all, use_ema=True))
-        self.log("val/loss", torch.stack(losses).mean(), batch_size=b, sync_dist=True)
-
-        if batch_idx >= self.validation_config.sample_batches:
-            return None
-        generated = self.generate(batch)
-        target = batch["images"]
-        if "ref_image" not in batch:
-            return {"generated": generated, "target": target, "reference": target[:, :1]}
-        reference = batch["ref_image"].expand_as(target)
-        self.val_image_metrics.update(generated.float(), target.float())
-        if self.val_reprojection is not None:
-            self.val_reprojection.update(
-                generated.float(), batch["intrinsics"], batch["extrinsics"], target.float()
-            )
-        self.log("val/psnr", psnr(generated, target), batch_size=b, sync_dist=True)
-        # The trivial baseline: copy the reference photo into every target view.
-        self.log("val/psnr_copy_reference", psnr(reference, target), batch_size=b, sync_dist=True)
-        return {"generated": generated, "target": target, "reference": batch["ref_image"]}
-
-    def on_validation_epoch_end(self) -> None:
-        if not self.val_image_metrics.update_called:
-            return  # no batch was sampled (sample_batches=0, or no reference photos)
-        # compute() gathers the per-view scores of every rank; each rank logs the same values.
-        scores = self.val_image_metrics.compute()
-        # val/psnr is logged per batch above (with the copy-the-reference baseline beside it)
-        self.log_dict({f"val/{name}": value for name, value in scores.items() if name != "psnr"})
-        self.val_image_metrics.reset()
-        if self.val_reprojection is not None and self.val_reprojection.update_called:
-            figures = self.val_reprojection.compute()
-            # NaN (no pair matched, e.g. views too small for SIFT) is left out, not logged
-            self.log_dict(
-                {
-                    f"val/{reprojection_log_name(key)}": value.float()
-                    for key, value in figures.items()
-                    if torch.isfinite(value)
-                }
-            )
-            self.val_reprojection.reset()
-
-
-def psnr(images: Tensor, target: Tensor) -> Tensor:
-    """Mean per-view PSNR (dB) of images in [-1, 1]."""
-    a = rearrange((images.float() + 1) / 2, "b v c h w -> (b v) c h w")
-    b = rearrange((target.float() + 1) / 2, "b v c h w -> (b v) c h w")
-    return peak_signal_noise_ratio(
-        a, b, data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)
-    )
