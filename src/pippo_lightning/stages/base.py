@@ -99,6 +99,7 @@ class PippoStage(
         sharding: Mapping[str, Any] | None = None,
         sampler: SamplerFactory | None = None,
         compile_model: bool = False,
+        loss: torch.nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -158,7 +159,9 @@ class PippoStage(
         self.noise_offset = noise_offset
         #: batch["face_crop"] joins as a second reference view (see `join_face_crop`)
         self.use_face_crop = use_face_crop
-        self.loss_fn = DiffusionLoss()
+        #: the training loss (the `loss` config group; the paper's MSE when not given). Not a
+        #: hyperparameter: it changes no weight, so a checkpoint loaded for sampling needs none.
+        self.loss_fn = loss if loss is not None else DiffusionLoss()
         #: torch.compile the model (and its EMA shadow) in `configure_model`; not a hyper-parameter
         #: of the weights, so a checkpoint loaded for inference runs eagerly
         self.compile_model = compile_model
