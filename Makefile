@@ -66,13 +66,15 @@ test-all: $(STAMP) ## run every test, slow ones included
 test-faults: $(STAMP) ## fault injection: corrupt and code-running checkpoints, sharded resume, disk full, NaN (DDP too), SIGTERM/SIGUSR1 + SLURM requeue, kill + resume, malformed configs (slow ones included)
 	$(PY) -m pytest -q tests/test_faults.py tests/test_resume.py tests/test_preflight.py tests/test_preemption.py tests/test_sharded_resume.py tests/test_safe_loading.py $(ARGS)
 
-lint: $(STAMP) ## ruff lint + format check
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+lint: $(STAMP) ## ruff lint + format check, import layers (lint-imports), no source file over 400 lines
+	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff format --check src tests scripts
+	PYTHONPATH=src $(VENV)/bin/lint-imports
+	$(PY) -m pytest -q tests/test_layout.py
 
 format: $(STAMP) ## ruff autofix + format
-	$(VENV)/bin/ruff check --fix src tests
-	$(VENV)/bin/ruff format src tests
+	$(VENV)/bin/ruff check --fix src tests scripts
+	$(VENV)/bin/ruff format src tests scripts
 
 bench: $(STAMP) ## benchmark train step, sampling, memory, parameter counts (CONFIG=..., ARGS="overrides")
 	$(VENV)/bin/pippo-bench --config-name $(CONFIG) $(filter-out $(OWN_VARS),$(MAKEOVERRIDES)) $(ARGS)

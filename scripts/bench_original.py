@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from pippo_lightning.benchmarks import (
+from pippo_lightning.benchmarks.training import (
     peak_rss_mb,
     save_random_sdxl_vae,
     stage_train_step,

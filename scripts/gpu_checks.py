@@ -28,14 +28,14 @@ from typing import Any
 
 import torch
 
-from pippo_lightning.benchmarks import (
+from pippo_lightning.benchmarks.training import (
     build_stage,
     save_random_sdxl_vae,
     stage_batch,
     stage_train_step,
     to_device,
 )
-from pippo_lightning.precision import autocast_for, resolve_precision
+from pippo_lightning.stages.precision import autocast_for, resolve_precision
 
 #: (name, image size, views, DDIM steps, target seconds)
 SAMPLING_CHECKS = (

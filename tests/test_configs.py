@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from torch import Tensor
 
 from pippo_lightning.cli.common import CONFIG_DIR
+from pippo_lightning.diffusion.loss import DiffusionLoss
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 HARDWARE = sorted(p.stem for p in (CONFIG_DIR / "hardware").glob("*.yaml"))
@@ -59,3 +64,27 @@ def test_paper_settings_are_the_stage_defaults(compose_config) -> None:
     assert cfg.stage.schedule.prediction == "eps" and cfg.stage.schedule.shift_ratio == 4.0
     assert cfg.stage.condition_dropout.ref == 0.2
     assert cfg.num_views == 12
+
+
+class HalvedLoss(DiffusionLoss):
+    """A stand-in loss part for the test below: half the paper's MSE."""
+
+    def forward(self, prediction: Tensor, target: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return 0.5 * super().forward(prediction, target, *args, **kwargs)
+
+
+def test_the_loss_is_an_engine_part_chosen_on_the_command_line(compose_config) -> None:
+    """`loss` is a `_target_` config group like `sampler`: the stage trains with what it names
+    (the paper's MSE by default), and it is no hyperparameter of the weights."""
+    default = compose_config("image_size=16", "num_views=2")
+    stage = instantiate(default.stage, compressor=instantiate(default.compressor))
+    assert type(stage.loss_fn) is DiffusionLoss
+    assert "loss" not in stage.hparams
+
+    chosen = compose_config(
+        "image_size=16", "num_views=2", "loss._target_=tests.test_configs.HalvedLoss"
+    )
+    stage = instantiate(chosen.stage, compressor=instantiate(chosen.compressor))
+    assert isinstance(stage.loss_fn, HalvedLoss)
+    prediction, target = torch.ones(2, 3), torch.zeros(2, 3)
+    assert stage.loss_fn(prediction, target).item() == 0.5

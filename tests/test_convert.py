@@ -13,12 +13,8 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from pippo_lightning.checkpointing import UnsafeCheckpointError
+from pippo_lightning.checkpoints.loading import UnsafeCheckpointError
 from pippo_lightning.cli import convert as convert_cli
-from pippo_lightning.cli.convert import (
-    convert_original_checkpoint,
-    load_converted_model,
-)
 from pippo_lightning.compressors.base import Compressor
 from pippo_lightning.diffusion.attention_biasing import original_train_views
 from pippo_lightning.diffusion.schedules import ScheduleConfig, compute_alphas_cumprod
@@ -31,6 +27,7 @@ from pippo_lightning.models.original_keys import (
     infer_config,
     to_original_state_dict,
 )
+from pippo_lightning.sharing.original import convert_original_checkpoint, load_converted_model
 from pippo_lightning.stages import PostTrainStage
 from pippo_lightning.stages.config import SamplingConfig
 
@@ -384,7 +381,7 @@ def test_failed_write_keeps_the_old_file_and_no_temporary(
         handle.write(b"partial")  # type: ignore[attr-defined]
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(convert_cli.torch, "save", disk_full)
+    monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(OSError, match="No space"):
         convert_original_checkpoint(tmp_path / "src.pt", dst, prediction="v", overwrite=True)
     assert dst.read_bytes() == b"previous"

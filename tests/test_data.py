@@ -13,14 +13,13 @@ from pippo_lightning.data import (
     MultiViewDataModule,
     MultiViewDataset,
     SampleError,
-    StudioConfig,
     check_sample,
     evenly_spaced_views,
-    generate_studio,
     load_sample,
 )
 from pippo_lightning.data.dataset import BATCH_KEYS
 from pippo_lightning.geometry import plucker_rays, project_points
+from pippo_lightning.studio.synthetic import StudioConfig, generate_studio
 
 #: 12 dome views every 30 degrees (two staggered rings of 6), 32 px.
 STUDIO = StudioConfig(
@@ -254,7 +253,7 @@ def test_datamodule_generates_the_studio_and_serves_train_and_val_batches(tmp_pa
     root = tmp_path / "studio"
     datamodule = MultiViewDataModule(
         root=str(root),
-        synthetic=STUDIO.to_dict(),  # as Hydra hands it over
+        synthetic=STUDIO,  # as Hydra builds it from data.synthetic._target_
         num_views=2,
         val_num_views=4,
         resolution=32,
@@ -335,15 +334,15 @@ def test_without_a_decodable_reference_camera_the_nearest_target_camera_stands_i
     """No ref_cam_intrin/extrin and a ref_cam_pose in another layout (here every pose vector
     doubled, so no rotation decodes): the target view whose cam_pose equals ref_cam_pose is
     the reference camera, found exactly; the sample loads and says so once."""
-    import pippo_lightning.data.dataset as dataset_module
+    import pippo_lightning.data.preparation as preparation_module
 
     sample = raw(studio / "val/subject_00000.npy")
     original = {k: v for k, v in sample.items() if k not in ("ref_cam_intrin", "ref_cam_extrin")}
     original["cam_pose"] = sample["cam_pose"] * 2.0
     original["ref_cam_pose"] = original["cam_pose"][7:8].clone()
     path = write(tmp_path / "other_layout.npy", original)
-    dataset_module._REFERENCE_FALLBACK_LOGGED = False
-    with caplog.at_level("WARNING", logger="pippo_lightning.data.dataset"):
+    preparation_module._REFERENCE_FALLBACK_LOGGED = False
+    with caplog.at_level("WARNING", logger="pippo_lightning.data.preparation"):
         item = MultiViewDataset([path], num_views=4, resolution=32, view_sampling="fixed")[0]
     (record,) = [r for r in caplog.records if "no reference camera" in r.getMessage()]
     assert "other_layout.npy: key 'ref_cam_intrin'" in record.getMessage()

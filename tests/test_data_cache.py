@@ -10,7 +10,7 @@ import torch
 
 from pippo_lightning.cli.data import build_compressor, main
 from pippo_lightning.compressors.identity import IdentityCompressor
-from pippo_lightning.data import MultiViewDataModule, StudioConfig
+from pippo_lightning.data import MultiViewDataModule
 from pippo_lightning.data.benchmark import benchmark_dataloader, measure_dataloader
 from pippo_lightning.data.dataset import BATCH_KEYS, LATENT_KEYS
 from pippo_lightning.data.latent_cache import (
@@ -19,8 +19,8 @@ from pippo_lightning.data.latent_cache import (
     check_latent_identity,
 )
 from pippo_lightning.data.npy_io import read_npy_sample, write_npy_sample
-from pippo_lightning.data.studio_subject import SubjectParams
-from pippo_lightning.data.synthetic_studio import render_subject_sample
+from pippo_lightning.studio.subject import SubjectParams
+from pippo_lightning.studio.synthetic import StudioConfig, render_subject_sample
 
 STUDIO = StudioConfig(resolution=16, rings=((0.0, 4), (30.0, 4)))
 

@@ -11,9 +11,9 @@ from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from safetensors import safe_open
 from torch.utils.data import DataLoader
 
+from pippo_lightning.checkpoints.atomic import OutputExistsError, atomic_directory
 from pippo_lightning.cli.data import main
-from pippo_lightning.data import MultiViewDataset, StudioConfig
-from pippo_lightning.data.atomic import OutputExistsError, atomic_directory
+from pippo_lightning.data import MultiViewDataset
 from pippo_lightning.data.convert import npy_to_shards, shards_to_npy
 from pippo_lightning.data.dataset import BATCH_KEYS
 from pippo_lightning.data.npy_io import read_npy_sample, write_npy_sample
@@ -21,8 +21,8 @@ from pippo_lightning.data.samplers import EpochSampler
 from pippo_lightning.data.schema import SampleError
 from pippo_lightning.data.shards import ShardReader
 from pippo_lightning.data.sources import ShardSource, open_source
-from pippo_lightning.data.studio_subject import SubjectParams
-from pippo_lightning.data.synthetic_studio import render_subject_sample
+from pippo_lightning.studio.subject import SubjectParams
+from pippo_lightning.studio.synthetic import StudioConfig, render_subject_sample
 
 STUDIO = StudioConfig(resolution=16, rings=((0.0, 4), (30.0, 4)))
 

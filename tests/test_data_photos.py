@@ -9,10 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pippo_lightning.captures.photo_folder import (
+    PhotoFolderDataModule,
+    PhotoFolderDataset,
+    load_photo,
+    scan_photos,
+)
 from pippo_lightning.cli.data import main
 from pippo_lightning.data.benchmark import benchmark_dataloader
-from pippo_lightning.data.datamodule import PhotoFolderDataModule
-from pippo_lightning.data.photo_folder import PhotoFolderDataset, load_photo, scan_photos
 from pippo_lightning.data.schema import SampleError
 
 

@@ -10,23 +10,19 @@ import numpy as np
 import pytest
 import torch
 
+from pippo_lightning.captures.capture import CaptureError, Conventions, read_cameras
+from pippo_lightning.captures.crops import CropBox, crop_and_resize, crop_box_intrinsics
+from pippo_lightning.captures.prepare import prepare
+from pippo_lightning.captures.sample import PrepareConfig
+from pippo_lightning.captures.subjects import split_subjects
 from pippo_lightning.cli.data import main
 from pippo_lightning.data import MultiViewDataModule
-from pippo_lightning.data.capture import CaptureError, Conventions, read_cameras
-from pippo_lightning.data.export import export_studio_subject
 from pippo_lightning.data.npy_io import read_npy_sample
-from pippo_lightning.data.prepare import (
-    CropBox,
-    PrepareConfig,
-    crop_and_resize,
-    crop_box_intrinsics,
-    prepare,
-    split_subjects,
-)
-from pippo_lightning.data.studio_subject import SubjectParams
-from pippo_lightning.data.synthetic_studio import StudioConfig, render_subject_sample
 from pippo_lightning.data.validate import validate_path
 from pippo_lightning.geometry import camera_centers, plucker_rays, project_points
+from pippo_lightning.studio.export import export_studio_subject
+from pippo_lightning.studio.subject import SubjectParams
+from pippo_lightning.studio.synthetic import StudioConfig, render_subject_sample
 
 RINGS = ((0.0, 4), (30.0, 4))
 #: Rendered at 48 px and exported; prepare at 24 px must match a 24 px render with 2x2

@@ -16,9 +16,9 @@ from pippo_lightning.cli.data import main
 from pippo_lightning.data.convert import npy_to_shards
 from pippo_lightning.data.npy_io import read_npy_sample, write_npy_sample
 from pippo_lightning.data.schema import SampleError
-from pippo_lightning.data.studio_subject import SubjectParams
-from pippo_lightning.data.synthetic_studio import StudioConfig, render_subject_sample
 from pippo_lightning.data.validate import validate_path
+from pippo_lightning.studio.subject import SubjectParams
+from pippo_lightning.studio.synthetic import StudioConfig, render_subject_sample
 
 STUDIO = StudioConfig(resolution=16, rings=((0.0, 4), (30.0, 4)))
 Sample = dict[str, Any]

@@ -26,9 +26,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pippo_lightning.checkpointing import checkpoint_problem
+from pippo_lightning.checkpoints.files import checkpoint_problem
 from pippo_lightning.cli.common import CONFIG_DIR, ddp_child_command
-from pippo_lightning.loggers import OfflineRun, read_offline_run
 from pippo_lightning.stages import STAGES, PippoStage, PostTrainStage
 from pippo_lightning.stages.config import ConfigError
 from pippo_lightning.stages.sharding import (
@@ -38,6 +37,7 @@ from pippo_lightning.stages.sharding import (
     is_sharded,
 )
 from tests.conftest import REPO_ROOT, TINY_RUN
+from tests.wandb_offline import OfflineRun, read_offline_run
 
 
 def with_overrides(base: Sequence[str], changes: Mapping[str, str]) -> list[str]:

@@ -19,8 +19,8 @@ from pippo_lightning.callbacks import media
 from pippo_lightning.callbacks.media import TurntableVideoLogger, write_video
 from pippo_lightning.cli.evaluate import evaluate
 from pippo_lightning.cli.evaluate import main as evaluate_main
-from pippo_lightning.loggers import OfflineRun, read_offline_run
 from tests.test_generate import TRAIN_SUBJECTS, TinyRun, error_lines, tiny_run
+from tests.wandb_offline import OfflineRun, read_offline_run
 
 
 def offline_run_with(path: Path, key: str, timeout_s: float = 20.0) -> OfflineRun:

@@ -28,15 +28,15 @@ from pippo_lightning.callbacks.reliability import (
     NonFiniteError,
     NonFiniteGuard,
 )
-from pippo_lightning.checkpointing import (
+from pippo_lightning.checkpoints.files import (
     AtomicCheckpointIO,
     CheckpointWriteError,
-    CorruptCheckpointError,
     checkpoint_problem,
     find_resume_checkpoint,
     is_valid_checkpoint,
     resolve_ckpt_path,
 )
+from pippo_lightning.checkpoints.loading import CorruptCheckpointError
 from pippo_lightning.cli.train import train
 from tests.conftest import REPO_ROOT, TINY_RUN
 from tests.test_resume import read_losses

@@ -24,7 +24,8 @@ from pippo_lightning.cli.common import CONFIG_DIR
 from pippo_lightning.cli.generate import generate
 from pippo_lightning.cli.generate import main as generate_main
 from pippo_lightning.cli.train import train
-from pippo_lightning.data.dataset import MultiViewDataset, load_sample
+from pippo_lightning.data.dataset import MultiViewDataset
+from pippo_lightning.data.preparation import load_sample
 from pippo_lightning.geometry.cameras import (
     camera_centers,
     dome_cameras,
@@ -38,13 +39,8 @@ from pippo_lightning.geometry.orbit import (
     turntable_cameras,
     write_cameras_file,
 )
-from pippo_lightning.inference import (
-    AnchorPose,
-    PhotoError,
-    build_batch,
-    prepare_photo,
-    read_photo,
-)
+from pippo_lightning.inference.photo import AnchorPose, PhotoError, prepare_photo, read_photo
+from pippo_lightning.inference.pipeline import build_batch
 from pippo_lightning.stages.config import ConfigError
 from tests.conftest import TINY_RUN
 
@@ -408,7 +404,7 @@ def test_a_checkpoint_of_another_stage_is_named_with_the_setting_to_change(
 
 def test_a_pre_train_checkpoint_cannot_render_a_turnaround(tmp_path: Path):
     from pippo_lightning.compressors.identity import IdentityCompressor
-    from pippo_lightning.inference import CheckpointError, require_posed_views
+    from pippo_lightning.inference.pipeline import CheckpointError, require_posed_views
     from pippo_lightning.models.image_encoders import ThumbnailEncoder
     from pippo_lightning.stages import PreTrainStage
 

@@ -25,23 +25,20 @@ import pytest
 import torch
 import yaml
 
+from pippo_lightning.checkpoints.loading import UnsafeCheckpointError
+from pippo_lightning.checkpoints.reading import safe_torch_load
 from pippo_lightning.cli.data import main as data_main
 from pippo_lightning.cli.hub import main as hub_main
 from pippo_lightning.compressors.identity import IdentityCompressor
-from pippo_lightning.data.download import split_samples
 from pippo_lightning.data.npy_io import write_npy_sample
-from pippo_lightning.data.studio_subject import SubjectParams
-from pippo_lightning.data.synthetic_studio import StudioConfig, render_subject_sample
-from pippo_lightning.hub import (
-    UnsafeCheckpointError,
-    build_bundle,
-    log_artifacts,
-    offline_artifacts,
-    pull_checkpoint,
-    safe_torch_load,
-)
-from pippo_lightning.inference import CheckpointError, load_stage
+from pippo_lightning.inference.pipeline import CheckpointError, load_stage
+from pippo_lightning.sharing.artifacts import log_artifacts
+from pippo_lightning.sharing.download import split_samples
+from pippo_lightning.sharing.transfer import build_bundle, pull_checkpoint
+from pippo_lightning.studio.subject import SubjectParams
+from pippo_lightning.studio.synthetic import StudioConfig, render_subject_sample
 from tests.test_generate import TinyRun, tiny_run
+from tests.wandb_offline import offline_artifacts
 
 TOKEN = "hf_stand_in_token"
 
@@ -369,7 +366,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
 def _generate(stage: Any) -> torch.Tensor:
     """Views of a fixed photo on a turntable, with a fixed seed (what pippo-generate does)."""
     from pippo_lightning.geometry.orbit import frontal_camera, turntable_cameras
-    from pippo_lightning.inference import AnchorPose, build_batch, generate_views, sampling_config
+    from pippo_lightning.inference.photo import AnchorPose
+    from pippo_lightning.inference.pipeline import build_batch, generate_views, sampling_config
 
     r = stage.image_size
     photo = torch.linspace(-1, 1, 3 * r * r).reshape(1, 3, r, r)

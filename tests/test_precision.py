@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from pippo_lightning.cli.common import CONFIG_DIR
 from pippo_lightning.cli.train import resolve_trainer_precision
-from pippo_lightning.precision import (
+from pippo_lightning.stages.precision import (
     autocast_for,
     choose_precision,
     cpu_has_native_bf16,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pippo_lightning.callbacks.preemption import PREEMPTED_EXIT_CODE
-from pippo_lightning.checkpointing import is_valid_checkpoint
+from pippo_lightning.checkpoints.files import is_valid_checkpoint
 from tests.conftest import REPO_ROOT, TINY_RUN
 from tests.test_faults import saved_step, wait_for_steps
 from tests.test_resume import run as train_tiny

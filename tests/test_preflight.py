@@ -1,4 +1,4 @@
-"""Malformed configs are refused before any work starts (issue #7, pippo_lightning.preflight).
+"""Malformed configs are refused before any work starts (issue #7, pippo_lightning.stages.preflight).
 
 Every case runs `pippo-train`'s `main` with command-line overrides in a fresh working directory
 and checks the convention: exit code 2, one `error:` line naming the key, the value and what was
@@ -18,21 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from pippo_lightning import preflight
 from pippo_lightning.cli.common import CONFIG_DIR
 from pippo_lightning.cli.train import main
 from pippo_lightning.compressors.identity import IdentityCompressor
 from pippo_lightning.data.convert import npy_to_shards
-from pippo_lightning.data.synthetic_studio import StudioConfig, generate_studio
-from pippo_lightning.preflight import (
-    check_hardware,
-    check_model,
-    check_settings,
-    latent_geometry,
-    validate_run_config,
-)
-from pippo_lightning.stages import MidTrainStage, PostTrainStage
+from pippo_lightning.stages import MidTrainStage, PostTrainStage, preflight
 from pippo_lightning.stages.config import ConfigError
+from pippo_lightning.stages.dry_build import check_model, latent_geometry
+from pippo_lightning.stages.preflight import check_hardware, check_settings, validate_run_config
+from pippo_lightning.studio.synthetic import StudioConfig, generate_studio
 from tests.conftest import TINY_RUN
 
 #: what Hydra itself leaves in a run directory before the task starts (the convention)
@@ -119,7 +113,7 @@ def test_warmup_longer_than_the_run_is_a_warning_not_an_error(
 ) -> None:
     # a smoke run (`make train trainer.max_steps=100`) keeps the recipe's warm-up on purpose
     cfg = compose_config(*TINY_RUN, "trainer.max_steps=3", "stage.optimizer.warmup_steps=10")
-    with caplog.at_level(logging.WARNING, logger="pippo_lightning.preflight"):
+    with caplog.at_level(logging.WARNING, logger="pippo_lightning.stages.preflight"):
         validate_run_config(cfg)
     assert "warmup_steps=10 > trainer.max_steps=3" in caplog.text
 

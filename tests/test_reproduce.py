@@ -14,7 +14,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from pippo_lightning.data.synthetic_studio import StudioConfig, studio_cameras
 from pippo_lightning.models.pippo import Pippo, pippo_config
 from pippo_lightning.reproduce.report import (
     BASELINES,
@@ -27,6 +26,7 @@ from pippo_lightning.reproduce.report import (
     markdown,
     write_results,
 )
+from pippo_lightning.studio.synthetic import StudioConfig, studio_cameras
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ("tiny", "cpu", "gpu")

@@ -468,8 +468,8 @@ def test_lightglue_matcher_without_weights_names_what_to_provide(tmp_path: Path,
 @pytest.fixture(scope="module")
 def studio_subject() -> dict[str, torch.Tensor]:
     """The studio's first validation subject rendered at 256 px by all 24 dome cameras."""
-    from pippo_lightning.data.studio_subject import SubjectParams
-    from pippo_lightning.data.synthetic_studio import (
+    from pippo_lightning.studio.subject import SubjectParams
+    from pippo_lightning.studio.synthetic import (
         StudioConfig,
         render_subject_sample,
         subject_seed,

@@ -15,19 +15,20 @@ import numpy as np
 import pytest
 import torch
 
-from pippo_lightning import checkpointing, hub, inference, preflight
-from pippo_lightning.checkpointing import (
-    AtomicCheckpointIO,
-    UnsafeCheckpointError,
-    load_torch_file,
-    read_callback_state,
-)
-from pippo_lightning.cli import convert
+from pippo_lightning.checkpoints import files as checkpoint_files
+from pippo_lightning.checkpoints import reading as checkpoint_reading
+from pippo_lightning.checkpoints.files import AtomicCheckpointIO, read_callback_state
+from pippo_lightning.checkpoints.loading import UnsafeCheckpointError, load_torch_file
+from pippo_lightning.checkpoints.original import load_original_checkpoint
 from pippo_lightning.cli.train import train
 from pippo_lightning.compressors import IdentityCompressor
 from pippo_lightning.data.npy_io import read_npy_value
 from pippo_lightning.data.schema import SampleError
+from pippo_lightning.inference import pipeline as inference
 from pippo_lightning.metrics import matching
+from pippo_lightning.sharing import artifacts, transfer
+from pippo_lightning.sharing.original import load_converted_model
+from pippo_lightning.stages import dry_build
 from pippo_lightning.stages.base import load_stage_weights
 from pippo_lightning.stages.config import ConfigError, OptimizerConfig, SamplingConfig
 from tests.conftest import TINY_RUN
@@ -80,7 +81,7 @@ def bad_checkpoint(tmp_path: Path, marker: Path) -> Path:
         },
         path,
     )
-    assert checkpointing.is_valid_checkpoint(path)
+    assert checkpoint_files.is_valid_checkpoint(path)
     return path
 
 
@@ -104,10 +105,10 @@ def test_checkpoint_with_code_running_pickle_is_refused_and_code_never_runs(
         ),
         "read_callback_state": lambda: read_callback_state(path, "wandb_run_id"),
         "init_from": lambda: load_stage_weights(str(path)),
-        "hub.safe_torch_load": lambda: hub.safe_torch_load(path),
-        "hub.build_bundle": lambda: hub.build_bundle(path, tmp_path / "bundle", "me/model"),
-        "convert original": lambda: convert.load_original_checkpoint(path),
-        "convert converted": lambda: convert.load_converted_model(path),
+        "hub.safe_torch_load": lambda: checkpoint_reading.safe_torch_load(path),
+        "hub.build_bundle": lambda: transfer.build_bundle(path, tmp_path / "bundle", "me/model"),
+        "convert original": lambda: load_original_checkpoint(path),
+        "convert converted": lambda: load_converted_model(path),
         "metric weights": lambda: matching._load_state_dict(path),
     }
     for where, load in refusing.items():
@@ -117,14 +118,14 @@ def test_checkpoint_with_code_running_pickle_is_refused_and_code_never_runs(
         assert not marker.exists(), f"{where} ran the pickle's code"
 
     with pytest.raises(UnsafeCheckpointError, match=r"--trust-pickle .* off by default"):
-        convert.load_original_checkpoint(path)  # the opt-in is named, and that it is off
+        load_original_checkpoint(path)  # the opt-in is named, and that it is off
     with pytest.raises(inference.CheckpointError) as info:
         inference.load_stage(path, IdentityCompressor(space_to_depth=4))
     assert_refusal(str(info.value), path)
     with pytest.raises(ConfigError, match="refused to load"):
-        preflight.checkpoint_shapes(str(path))
-    assert inference.checkpoint_metadata(path) is None
-    assert hub._artifact_metadata(path) == {}
+        dry_build.checkpoint_shapes(str(path))
+    assert checkpoint_reading.checkpoint_metadata(path) is None
+    assert artifacts._artifact_metadata(path) == {}
     assert not marker.exists()
 
 

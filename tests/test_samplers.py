@@ -25,7 +25,7 @@ from pippo_lightning.diffusion import (
 from pippo_lightning.diffusion.guidance import bump_cfg_scale
 from pippo_lightning.diffusion.sampling import Sampler, sampler_name
 from pippo_lightning.diffusion.schedules import compute_alphas_cumprod
-from pippo_lightning.inference import generate_views
+from pippo_lightning.inference.pipeline import generate_views
 from pippo_lightning.stages.config import ConfigError, SamplingConfig
 from tests.test_diffusion import CountingDenoiser
 from tests.test_fidelity_options import make_batch, make_stage

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from pippo_lightning.checkpointing import (
+from pippo_lightning.checkpoints.atomic import replace_directory
+from pippo_lightning.checkpoints.files import (
     checkpoint_problem,
     read_callback_state,
-    replace_directory,
     resolve_ckpt_path,
 )
 

@@ -9,23 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from pippo_lightning.data import synthetic_studio
-from pippo_lightning.data.studio_render import (
-    BACKGROUND_ID,
-    Lighting,
-    Material,
-    SceneBuilder,
-    render_scene,
-)
-from pippo_lightning.data.studio_subject import SubjectParams, build_subject
-from pippo_lightning.data.synthetic_studio import (
-    StudioConfig,
-    StudioMismatchError,
-    generate_studio,
-    render_subject_sample,
-    studio_cameras,
-    subject_seed,
-)
 from pippo_lightning.geometry import (
     camera_pose_vector,
     dome_cameras,
@@ -33,6 +16,18 @@ from pippo_lightning.geometry import (
     look_at,
     plucker_rays,
     project_points,
+)
+from pippo_lightning.studio import synthetic as synthetic_studio
+from pippo_lightning.studio.render import render_scene
+from pippo_lightning.studio.scene import BACKGROUND_ID, Lighting, Material, SceneBuilder
+from pippo_lightning.studio.subject import SubjectParams, build_subject
+from pippo_lightning.studio.synthetic import (
+    StudioConfig,
+    StudioMismatchError,
+    generate_studio,
+    render_subject_sample,
+    studio_cameras,
+    subject_seed,
 )
 
 #: Small enough to generate in a fraction of a second.

@@ -12,9 +12,9 @@ import hydra
 import torch
 
 from pippo_lightning.cli.train import train
-from pippo_lightning.loggers import read_offline_run
 from pippo_lightning.stages import PostTrainStage
 from tests.conftest import TINY_RUN
+from tests.wandb_offline import read_offline_run
 
 
 def test_tiny_run_trains_checkpoints_and_logs_offline(compose_config, tmp_path: Path) -> None:
@@ -155,8 +155,8 @@ def test_a_stage_trains_on_samples_without_a_reference_camera(
     """.npy samples with no ref_cam_intrin/extrin and a ref_cam_pose that decodes to no camera
     (the original release's files are not known to carry one) train through the real
     DataModule: the nearest target camera stands in for the reference (P3 uses its rays)."""
-    from pippo_lightning.data import StudioConfig, generate_studio
     from pippo_lightning.data.npy_io import read_npy_sample, write_npy_sample
+    from pippo_lightning.studio.synthetic import StudioConfig, generate_studio
 
     studio = StudioConfig(
         num_train_subjects=2, num_val_subjects=1, resolution=32, rings=((0.0, 4), (20.0, 4))

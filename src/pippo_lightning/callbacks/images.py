@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -11,6 +9,8 @@ import numpy as np
 import torch
 from einops import rearrange
 from torch import Tensor
+
+from pippo_lightning.checkpoints.atomic import atomic_path
 
 
 def to_uint8(images: Tensor) -> np.ndarray:
@@ -42,15 +42,8 @@ def view_grid(rows: list[list[Tensor]], pad: int = 2) -> np.ndarray:
 
 def write_image_atomic(path: Path, image: np.ndarray) -> Path:
     """Write a PNG through a temporary file so a reader never sees half an image."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        iio.imwrite(tmp, image, extension=".png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as temporary:
+        iio.imwrite(temporary, image, extension=".png")
     return path
 
 

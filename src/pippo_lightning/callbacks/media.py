@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ import numpy as np
 from lightning.pytorch.loggers import WandbLogger
 
 from pippo_lightning.callbacks.images import generated_outputs, to_uint8
+from pippo_lightning.checkpoints.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -94,18 +93,11 @@ def write_video(stem: str | Path, frames: np.ndarray, fps: float, format: str = 
 
 def _atomic(path: Path, frames: np.ndarray, fps: float, mp4_plugin: str | None) -> Path:
     """Encode into a temporary sibling, then rename: readers never see half a video."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path) as temporary:
         if mp4_plugin is None:
-            _write_gif(tmp, frames, fps)
+            _write_gif(str(temporary), frames, fps)
         else:
-            _write_mp4(tmp, frames, fps, mp4_plugin)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            _write_mp4(str(temporary), frames, fps, mp4_plugin)
     return path
 
 

@@ -66,7 +66,7 @@ def measure_point(args: argparse.Namespace) -> dict[str, Any]:
     """One point, in this (child) process."""
     import torch
 
-    from pippo_lightning.benchmarks import peak_rss_mb, stage_train_step, time_steps
+    from pippo_lightning.benchmarks.training import peak_rss_mb, stage_train_step, time_steps
 
     step, precision, stage = stage_train_step(
         Path(args.vae_dir), args.model, args.point_resolution, args.point_views
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         print("RESULT " + json.dumps(measure_point(args)), flush=True)
         return None
 
-    from pippo_lightning.benchmarks import save_random_sdxl_vae
+    from pippo_lightning.benchmarks.training import save_random_sdxl_vae
 
     points = []
     with tempfile.TemporaryDirectory(prefix="sdxl_vae_random_") as vae_dir:

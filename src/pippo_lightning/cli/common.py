@@ -8,6 +8,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,11 @@ from pippo_lightning.stages.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: configs/ at the repository root (the package is installed in editable mode).
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
-#: experiments/ holds the named recipes, composed as the `experiment` config group.
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[3] / "experiments"
+#: The Hydra configs ship inside the package (pippo_lightning/configs), so an installed
+#: pippo-train composes from any directory; the repository's experiments/ links to their
+#: `experiment` group, the named recipes.
+CONFIG_DIR = Path(str(resources.files("pippo_lightning") / "configs"))
+EXPERIMENTS_DIR = CONFIG_DIR / "experiment"
 
 
 def run_stamp() -> str:

@@ -40,8 +40,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from pippo_lightning.data.capture import Conventions
-    from pippo_lightning.data.prepare import PrepareConfig, prepare
+    from pippo_lightning.captures.capture import Conventions
+    from pippo_lightning.captures.prepare import prepare
+    from pippo_lightning.captures.sample import PrepareConfig
 
     config = PrepareConfig(
         resolution=args.resolution,
@@ -141,9 +142,9 @@ def cmd_cache_latents(args: argparse.Namespace) -> int:
 
 
 def cmd_export_studio(args: argparse.Namespace) -> int:
-    from pippo_lightning.data.capture import Conventions
-    from pippo_lightning.data.export import export_studio_subject
-    from pippo_lightning.data.synthetic_studio import StudioConfig
+    from pippo_lightning.captures.capture import Conventions
+    from pippo_lightning.studio.export import export_studio_subject
+    from pippo_lightning.studio.synthetic import StudioConfig
 
     config = StudioConfig(resolution=args.resolution, supersample=args.supersample)
     conventions = Conventions(world_unit=args.world_unit)
@@ -157,7 +158,7 @@ def cmd_export_studio(args: argparse.Namespace) -> int:
 
 
 def cmd_scan_photos(args: argparse.Namespace) -> int:
-    from pippo_lightning.data.photo_folder import scan_photos
+    from pippo_lightning.captures.photo_folder import scan_photos
 
     scan = scan_photos(args.root, args.check)
     for path, reason in scan.unreadable:
@@ -187,7 +188,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_studio(args: argparse.Namespace) -> int:
-    from pippo_lightning.data.benchmark import measure_studio_render
+    from pippo_lightning.studio.timing import measure_studio_render
 
     result = measure_studio_render(args.resolution, args.subjects, args.supersample)
     print(json.dumps(result.__dict__, indent=2))
@@ -197,7 +198,7 @@ def cmd_bench_studio(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------- download-samples
 def cmd_download_samples(args: argparse.Namespace) -> int:
     """The original release's Ava-256 samples from the Hub, validated and split (issue #8)."""
-    from pippo_lightning.data.download import download_samples
+    from pippo_lightning.sharing.download import download_samples
 
     result = download_samples(
         args.out,

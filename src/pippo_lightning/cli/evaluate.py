@@ -6,8 +6,7 @@ stage generates the dataset's target views at a fixed seed; in the same pass
 truth of the same cameras (the floor set by matching noise), and
 :class:`~pippo_lightning.metrics.image.ImageMetrics` scores PSNR / SSIM (LPIPS when its weights
 are local). ``report.json`` and ``report.md`` go to the run directory, the figures to W&B.
-``gt_only=true`` skips the model and measures the floor of a dataset alone.
-"""
+``gt_only=true`` skips the model and measures the floor of a dataset alone."""
 
 from __future__ import annotations
 
@@ -21,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from lightning.pytorch.loggers import Logger, WandbLogger
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from pippo_lightning.callbacks.images import view_grid, write_image_atomic
-from pippo_lightning.cli.bench import autocast, pick_device
+from pippo_lightning.checkpoints.reading import checkpoint_step
 from pippo_lightning.cli.common import (
     CONFIG_DIR,
     check_overrides,
@@ -36,17 +34,12 @@ from pippo_lightning.cli.common import (
     instantiate_group,
     resolved_config,
 )
-from pippo_lightning.cli.generate import compressor_config
-from pippo_lightning.data.dataset import MultiViewDataset
 from pippo_lightning.diffusion.sampling import SamplerFactory, sampler_name
-from pippo_lightning.hub import resolve_checkpoint
-from pippo_lightning.inference import (
-    CheckpointError,
+from pippo_lightning.inference.device import autocast, pick_device
+from pippo_lightning.inference.loading import eval_loader, load_model, pin_sizes
+from pippo_lightning.inference.pipeline import (
     batch_to,
-    checkpoint_step,
     generate_views,
-    load_stage,
-    require_posed_views,
     sampling_config,
     with_seed,
 )
@@ -69,70 +62,6 @@ class EvalResult:
     json_path: Path
     markdown_path: Path
     grids: list[Path] = field(default_factory=list)
-
-
-# ------------------------------------------------------------------------------------ set-up
-
-
-def load_model(
-    cfg: DictConfig, device: torch.device
-) -> tuple[PippoStage | None, dict[str, Any] | None]:
-    """The stage of ``cfg.ckpt`` on ``device`` and the compressor it was rebuilt with (source
-    and settings); (None, None) with ``gt_only``."""
-    if cfg.gt_only:
-        return None, None
-    ckpt = None if OmegaConf.is_missing(cfg, "ckpt") else cfg.ckpt
-    if not ckpt:
-        raise CheckpointError(
-            "no checkpoint given: pass ckpt=/path/to/checkpoints/last.ckpt "
-            "(or gt_only=true image_size=... num_views=... to score the ground truth alone)"
-        )
-    # hf://owner/name: pull first, so the run's compressor config next to it is found
-    ckpt = str(resolve_checkpoint(ckpt))
-    node, source = compressor_config(cfg, ckpt)
-    stage = load_stage(
-        ckpt, hydra.utils.instantiate(node), hydra.utils.get_class(cfg.stage_class)
-    ).to(device)
-    require_posed_views(stage, ckpt)
-    return stage, {"source": source, "config": OmegaConf.to_container(node, resolve=True)}
-
-
-def pin_sizes(cfg: DictConfig, stage: PippoStage | None) -> tuple[int, int]:
-    """Image size and views per subject (default: the checkpoint's), written back into ``cfg``
-    so the data config's ``${image_size}`` / ``${num_views}`` resolve to them."""
-    image_size = cfg.image_size or (stage.image_size if stage else None)
-    num_views = cfg.num_views or (stage.num_views if stage else None)
-    if image_size is None or num_views is None:
-        raise ConfigError("gt_only=true needs image_size=... and num_views=...")
-    if stage is not None and image_size != stage.image_size:
-        raise ConfigError(
-            f"image_size={image_size} but the checkpoint was trained at {stage.image_size} px"
-        )
-    with open_dict(cfg):
-        cfg.image_size, cfg.num_views = int(image_size), int(num_views)
-    return int(image_size), int(num_views)
-
-
-def eval_loader(cfg: DictConfig, image_size: int, num_views: int) -> DataLoader:
-    """Fixed views of the split's subjects from the reference azimuth, ``view_step_deg`` apart
-    (null: evenly around the circle); the studio is generated if needed."""
-    datamodule = hydra.utils.instantiate(cfg.data)
-    datamodule.prepare_data()
-    dataset = MultiViewDataset(
-        Path(datamodule.root) / cfg.split,
-        num_views=num_views,
-        resolution=image_size,
-        view_sampling="fixed",
-        seed=cfg.seed,
-        view_step_deg=cfg.get("view_step_deg"),
-    )
-    subjects = range(
-        len(dataset) if cfg.max_subjects is None else min(cfg.max_subjects, len(dataset))
-    )
-    return DataLoader(Subset(dataset, list(subjects)), batch_size=cfg.batch_size, shuffle=False)
-
-
-# ------------------------------------------------------------------------------------- loop
 
 
 def evaluate(cfg: DictConfig) -> EvalResult:
@@ -198,9 +127,6 @@ def save_grid(out: Path, batch_idx: int, batch: dict[str, Any], generated: Tenso
         [batch["ref_image"][i], generated[i], batch["images"][i]] for i in range(len(generated))
     ]
     return write_image_atomic(out / "samples" / f"batch_{batch_idx:04d}.png", view_grid(rows))
-
-
-# ---------------------------------------------------------------------------------- reports
 
 
 def _number(value: Tensor | float | int) -> float | int | None:

@@ -4,13 +4,11 @@ Writes into the run directory: ``frames/view_###.png`` (one per camera, in orbit
 ``grid.png`` (the reference on top, then the views), ``turntable.mp4`` (``.gif`` where no mp4
 writer is installed), ``anchors.png`` (where the spatial anchor lands in each view),
 ``cameras.json`` (the cameras used, readable back with ``orbit.kind=file``) and ``summary.json``
-(settings, time, peak memory).
-"""
+(settings, time, peak memory)."""
 
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from pippo_lightning.callbacks.images import to_uint8, view_grid, write_image_atomic
 from pippo_lightning.callbacks.media import VideoFile, write_video
-from pippo_lightning.cli.bench import autocast, peak_memory_mb, pick_device, synchronize
 from pippo_lightning.cli.common import CONFIG_DIR, check_overrides, guarded
 from pippo_lightning.diffusion.sampling import SamplerFactory, sampler_name
 from pippo_lightning.geometry.orbit import (
@@ -32,25 +29,22 @@ from pippo_lightning.geometry.orbit import (
     turntable_cameras,
     write_cameras_file,
 )
-from pippo_lightning.hub import resolve_checkpoint
-from pippo_lightning.inference import (
-    AnchorPose,
+from pippo_lightning.inference.device import autocast, peak_memory_mb, pick_device, synchronize
+from pippo_lightning.inference.loading import compressor_config
+from pippo_lightning.inference.photo import AnchorPose, PhotoError, prepare_photo, read_photo
+from pippo_lightning.inference.pipeline import (
     CheckpointError,
-    PhotoError,
     batch_to,
     build_batch,
     generate_views,
     load_stage,
-    prepare_photo,
-    read_photo,
     require_posed_views,
     sampling_config,
 )
-from pippo_lightning.precision import resolve_precision
+from pippo_lightning.sharing.transfer import resolve_checkpoint
 from pippo_lightning.stages.base import PippoStage
 from pippo_lightning.stages.config import ConfigError, SamplingConfig
-
-log = logging.getLogger(__name__)
+from pippo_lightning.stages.precision import resolve_precision
 
 
 @dataclass
@@ -77,33 +71,6 @@ def required(cfg: DictConfig, key: str, error: type[Exception], hint: str) -> An
     if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
         raise error(f"no {key} given: pass {key}={hint}")
     return cfg[key]
-
-
-def training_run_config(ckpt: str | Path) -> Path | None:
-    """``<run>/.hydra/config.yaml`` of a checkpoint saved under ``<run>/checkpoints/``."""
-    candidate = Path(ckpt).resolve().parent.parent / ".hydra" / "config.yaml"
-    return candidate if candidate.is_file() else None
-
-
-def compressor_config(cfg: DictConfig, ckpt: str | Path) -> tuple[DictConfig, str]:
-    """The compressor to rebuild the checkpoint's stage with, and where it came from.
-
-    Compressor weights are not in checkpoints, and the compressor must be the one the run
-    trained with; with ``compressor_from=run`` it is read from the run's saved config (so a
-    changed default never breaks an old checkpoint), else — or without a saved config — it is
-    the ``compressor`` group of this config.
-    """
-    if cfg.compressor_from not in ("run", "config"):
-        raise ConfigError(f"compressor_from must be 'run' or 'config', got {cfg.compressor_from!r}")
-    saved = training_run_config(ckpt) if cfg.compressor_from == "run" else None
-    if saved is not None:
-        node = OmegaConf.load(saved).get("compressor")
-        try:
-            if node is not None:
-                return OmegaConf.create(OmegaConf.to_container(node, resolve=True)), str(saved)
-        except Exception as err:  # e.g. an interpolation only the training run could resolve
-            log.warning("compressor of %s unusable (%s); using this config's", saved, err)
-    return cfg.compressor, "config"
 
 
 def check_orbit(cfg: DictConfig) -> None:

@@ -18,7 +18,7 @@ from pippo_lightning.cli.common import run_subcommand
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from pippo_lightning.hub import push_checkpoint
+    from pippo_lightning.sharing.transfer import push_checkpoint
 
     url = push_checkpoint(
         args.checkpoint,
@@ -34,7 +34,8 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from pippo_lightning.hub import parse_hf_uri, pull_checkpoint
+    from pippo_lightning.sharing.transfer import pull_checkpoint
+    from pippo_lightning.sharing.uris import parse_hf_uri
 
     repo_id, revision = parse_hf_uri(args.repo_id)
     ckpt = pull_checkpoint(repo_id, args.revision or revision, args.out)

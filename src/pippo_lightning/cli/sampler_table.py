@@ -24,11 +24,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from pippo_lightning.cli.bench import autocast, pick_device, synchronize
+from pippo_lightning.checkpoints.reading import checkpoint_step
 from pippo_lightning.cli.common import CONFIG_DIR, check_overrides, guarded
-from pippo_lightning.cli.evaluate import eval_loader, load_model, pin_sizes
 from pippo_lightning.diffusion.sampling import SamplerFactory
-from pippo_lightning.inference import batch_to, checkpoint_step, generate_views, sampling_config
+from pippo_lightning.inference.device import autocast, pick_device, synchronize
+from pippo_lightning.inference.loading import eval_loader, load_model, pin_sizes
+from pippo_lightning.inference.pipeline import batch_to, generate_views, sampling_config
 from pippo_lightning.metrics.image import per_view_psnr
 from pippo_lightning.stages.base import PippoStage
 from pippo_lightning.stages.config import ConfigError

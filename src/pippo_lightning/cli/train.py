@@ -16,12 +16,8 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, open_dict
 
 from pippo_lightning.callbacks.preemption import exit_if_preempted
-from pippo_lightning.checkpointing import (
-    allowed_checkpoint_globals,
-    prepare_resume,
-    refusal,
-    reliability_plugins,
-)
+from pippo_lightning.callbacks.resume import prepare_resume, reliability_plugins
+from pippo_lightning.checkpoints.loading import allowed_checkpoint_globals, refusal
 from pippo_lightning.cli.common import (
     CONFIG_DIR,
     check_overrides,
@@ -31,10 +27,10 @@ from pippo_lightning.cli.common import (
     instantiate_group,
     resolved_config,
 )
-from pippo_lightning.hub import log_artifacts_if_enabled
-from pippo_lightning.precision import resolve_precision
-from pippo_lightning.preflight import validate_run_config
+from pippo_lightning.sharing.artifacts import log_artifacts_if_enabled
 from pippo_lightning.stages.config import ConfigError
+from pippo_lightning.stages.precision import resolve_precision
+from pippo_lightning.stages.preflight import validate_run_config
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +105,7 @@ def train(cfg: DictConfig) -> TrainResult:
 
 def resolve_trainer_precision(cfg: DictConfig) -> str:
     """`trainer.precision: auto` -> bf16-mixed where the accelerator multiplies bf16 natively,
-    else 32-true (pippo_lightning.precision); explicit values are kept. Written back into the
+    else 32-true (pippo_lightning.stages.precision); explicit values are kept. Written back into the
     config before the Trainer is built, so the logged config says what ran."""
     trainer = cfg.trainer
     resolved = resolve_precision(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pippo_lightning.frozen import full_state_dict, keep_out_of_checkpoints
+from pippo_lightning.models.frozen import full_state_dict, keep_out_of_checkpoints
 
 IMAGE_CHANNELS = 3
 
@@ -32,6 +33,9 @@ class Compressor(nn.Module, ABC):
 
     latent_channels: int
     downsample_factor: int
+    #: True when encoding draws random numbers (a sampled posterior): `encode` then hands its
+    #: `generator` to `_encode`
+    stochastic: bool = False
 
     @classmethod
     def latent_geometry(cls, **settings: Any) -> tuple[int, int] | None:
@@ -77,9 +81,14 @@ class Compressor(nn.Module, ABC):
         # must not follow it into train mode (dropout, norm statistics).
         return super().train(False)
 
-    def encode(self, images: Tensor) -> Tensor:
-        """images [..., 3, H, W] in [-1, 1] -> latents [..., C, H/f, W/f]."""
+    def encode(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """images [..., 3, H, W] in [-1, 1] -> latents [..., C, H/f, W/f].
+
+        `generator`: the random stream a compressor that samples (`stochastic`) draws from;
+        deterministic compressors ignore it."""
         self._check_image(images)
+        if self.stochastic and generator is not None:
+            return self._chunked(functools.partial(self._encode, generator=generator), images)
         return self._chunked(self._encode, images)
 
     def decode(self, latents: Tensor) -> Tensor:

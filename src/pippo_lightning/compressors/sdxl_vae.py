@@ -120,7 +120,8 @@ class SDXLVAECompressor(Compressor):
     """Frozen SDXL ``AutoencoderKL``: images [..., 3, H, W] <-> scaled latents [..., 4, H/8, W/8].
 
     ``scale_factor`` None reads the checkpoint's ``scaling_factor``. ``sample_posterior`` draws
-    z ~ q(z|x) (global RNG) instead of taking the posterior mean. ``dtype`` runs the VAE in that
+    z ~ q(z|x) (from the generator `encode` is given: in training, the stage's stream; else the
+    global one) instead of taking the posterior mean. ``dtype`` runs the VAE in that
     precision (note: the original SDXL VAE overflows in fp16; use bf16 or an fp16-fixed VAE).
     The latent size comes from the loaded config: one 2× downsampling per block after the first.
     """
@@ -174,14 +175,20 @@ class SDXLVAECompressor(Compressor):
         self.vae.encoder = None
         self.vae.quant_conv = None
 
-    def _encode(self, images: Tensor) -> Tensor:
+    @property
+    def stochastic(self) -> bool:  # type: ignore[override]
+        return self.sample_posterior
+
+    def _encode(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         if self.vae.encoder is None:
             raise RuntimeError(
                 "SDXLVAECompressor.encode: the encoder was released (training from a latent "
                 "cache); build a new compressor to encode images"
             )
         posterior = self.vae.encode(images.to(self.dtype)).latent_dist
-        z = posterior.sample() if self.sample_posterior else posterior.mode()  # [N, C, h, w]
+        z = (
+            posterior.sample(generator) if self.sample_posterior else posterior.mode()
+        )  # [N, C, h, w]
         return ((z - self.shift_factor) * self.scale_factor).to(images.dtype)
 
     def _decode(self, latents: Tensor) -> Tensor:

@@ -1,4 +1,6 @@
-"""Sample schema and formats, datasets, LightningDataModules, capture preparation, latent caches.
+"""Sample schema and formats, datasets, the multi-view LightningDataModule, shards, latent caches.
+
+Knows no studio and no capture format (see :mod:`pippo_lightning.studio`, :mod:`pippo_lightning.captures`).
 
 Only :mod:`.datamodule` imports Lightning; its classes are loaded lazily so the rest stays
 Lightning-free. See ``docs/data.md`` for the schema, the formats and the ``pippo-data`` CLI.
@@ -13,7 +15,6 @@ from pippo_lightning.data.dataset import (
     LATENT_KEYS,
     MultiViewDataset,
     evenly_spaced_views,
-    load_sample,
 )
 from pippo_lightning.data.latent_cache import (
     LatentCache,
@@ -22,7 +23,7 @@ from pippo_lightning.data.latent_cache import (
     check_latent_identity,
 )
 from pippo_lightning.data.npy_io import read_npy_sample, write_npy_sample
-from pippo_lightning.data.photo_folder import PhotoFolderDataset, scan_photos
+from pippo_lightning.data.preparation import load_sample
 from pippo_lightning.data.samplers import EpochSampler
 from pippo_lightning.data.schema import (
     SAMPLE_KEYS,
@@ -33,12 +34,6 @@ from pippo_lightning.data.schema import (
 )
 from pippo_lightning.data.shards import ShardReader, ShardWriter
 from pippo_lightning.data.sources import open_source
-from pippo_lightning.data.synthetic_studio import (
-    StudioConfig,
-    StudioMismatchError,
-    SubjectParams,
-    generate_studio,
-)
 
 __all__ = [
     "BATCH_KEYS",
@@ -48,35 +43,28 @@ __all__ = [
     "LatentCache",
     "MultiViewDataModule",
     "MultiViewDataset",
-    "PhotoFolderDataModule",
-    "PhotoFolderDataset",
     "Problem",
     "SampleError",
     "ShardReader",
     "ShardWriter",
     "StaleCacheError",
-    "StudioConfig",
-    "StudioMismatchError",
-    "SubjectParams",
     "benchmark_dataloader",
     "cache_latents",
     "check_latent_identity",
     "check_sample",
     "evenly_spaced_views",
-    "generate_studio",
     "load_sample",
     "measure_dataloader",
     "npy_to_shards",
     "open_source",
     "read_npy_sample",
-    "scan_photos",
     "shards_to_npy",
     "validate_sample",
     "write_npy_sample",
 ]
 
 #: Lightning-aware classes, imported on first use.
-_LAZY = {"MultiViewDataModule", "PhotoFolderDataModule"}
+_LAZY = {"MultiViewDataModule"}
 
 
 def __getattr__(name: str) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from pippo_lightning.data.atomic import atomic_directory
+from pippo_lightning.checkpoints.atomic import atomic_directory
 from pippo_lightning.data.npy_io import write_npy_sample
 from pippo_lightning.data.shards import DEFAULT_SHARD_SIZE, ShardReader, ShardWriter, is_shard_dir
 from pippo_lightning.data.sources import NpySource, has_samples, open_source

@@ -1,6 +1,9 @@
-"""LightningDataModules: multi-view samples (studio, prepared captures, shards) and photo folders.
+"""The multi-view LightningDataModule: samples from a folder, shards, or a generator.
 
-The only Lightning-aware module of :mod:`pippo_lightning.data`. A multi-view dataset root holds
+The only Lightning-aware module of :mod:`pippo_lightning.data`. It knows no studio and no capture
+format: a generated dataset (the synthetic studio) is handed in by Hydra as a
+:class:`~pippo_lightning.data.sources.SampleGenerator`; photo folders have their own data module in
+:mod:`pippo_lightning.captures.photo_folder`. A multi-view dataset root holds
 ``train/`` and ``val/``, each a folder of ``*.npy`` samples or a shard directory (the studio's
 layout, ``pippo-data prepare``'s output, or ``pippo-data convert``'s).
 
@@ -15,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +31,15 @@ from pippo_lightning.data.dataset import (
     ViewSampling,
 )
 from pippo_lightning.data.latent_cache import DEFAULT_CACHE_DIR, LatentCache, find_latent_cache
-from pippo_lightning.data.photo_folder import (
-    PHOTO_SUFFIXES,
-    Check,
-    OnError,
-    PhotoFolderDataset,
-    scan_photos,
-    split_of,
-)
+from pippo_lightning.data.resumable import ResumableDataLoader
 from pippo_lightning.data.samplers import EpochSampler
-from pippo_lightning.data.sources import has_samples, open_source
-from pippo_lightning.data.synthetic_studio import MANIFEST, StudioConfig, generate_studio
+from pippo_lightning.data.sources import SampleGenerator, has_samples, open_source
 from pippo_lightning.errors import PippoError
 
 log = logging.getLogger(__name__)
 
 
-def default_studio_root(config: StudioConfig, cache_dir: str | Path | None = None) -> Path:
+def default_studio_root(config: SampleGenerator, cache_dir: str | Path | None = None) -> Path:
     """Where a studio goes when no root is given: a per-config folder under `cache_dir`
     (default: the user cache), so changing the studio config never clashes with an old one."""
     if cache_dir is None:
@@ -56,7 +50,7 @@ def default_studio_root(config: StudioConfig, cache_dir: str | Path | None = Non
     return Path(cache_dir) / f"studio-{digest}"
 
 
-class _LoaderSettings:
+class LoaderSettings:
     """DataLoader options shared by the data modules (set per machine in the Hydra config)."""
 
     num_workers: int
@@ -76,8 +70,13 @@ class _LoaderSettings:
         self.persistent_workers = persistent_workers and num_workers > 0
         self.prefetch_factor = prefetch_factor if num_workers > 0 else None
 
-    def _loader(self, dataset: Dataset, batch_size: int, **kwargs: Any) -> DataLoader:
-        return DataLoader(
+    def _loader(
+        self, dataset: Dataset, batch_size: int, resumable: bool = False, **kwargs: Any
+    ) -> DataLoader:
+        """A loader with these settings; `resumable` for train loaders: it checkpoints its
+        position in the epoch (Lightning saves it), so a resumed run skips what was trained on."""
+        loader_class = ResumableDataLoader if resumable else DataLoader
+        return loader_class(
             dataset,
             batch_size=batch_size,
             num_workers=self.num_workers,
@@ -88,11 +87,12 @@ class _LoaderSettings:
         )
 
 
-class MultiViewDataModule(_LoaderSettings, LightningDataModule):
+class MultiViewDataModule(LoaderSettings, LightningDataModule):
     """Train (views drawn per epoch from ``seed``) and val (fixed views) loaders.
 
-    synthetic: a :class:`StudioConfig` (or a mapping of its fields, e.g. from Hydra); then
-    :meth:`prepare_data` generates the studio under ``root`` unless a matching one is there.
+    synthetic: a :class:`~pippo_lightning.data.sources.SampleGenerator` (the synthetic studio's
+    ``StudioConfig``, built by Hydra from ``_target_``); then :meth:`prepare_data` generates its
+    samples under ``root`` unless matching ones are there.
     val_num_views / val_batch_size default to num_views / batch_size. Without a root, the studio
     goes to a per-config folder under ``studio_cache_dir`` (default: the user cache).
 
@@ -110,7 +110,7 @@ class MultiViewDataModule(_LoaderSettings, LightningDataModule):
     def __init__(
         self,
         root: str | None = None,
-        synthetic: StudioConfig | Mapping[str, Any] | None = None,
+        synthetic: SampleGenerator | None = None,
         num_views: int = 4,
         val_num_views: int | None = None,
         resolution: int = 64,
@@ -130,8 +130,6 @@ class MultiViewDataModule(_LoaderSettings, LightningDataModule):
         prefetch_factor: int | None = None,
     ) -> None:
         super().__init__()
-        if synthetic is not None and not isinstance(synthetic, StudioConfig):
-            synthetic = StudioConfig.from_dict(synthetic)
         if root is None and synthetic is None:
             raise ValueError(
                 "MultiViewDataModule needs a data root, a synthetic studio config, or both"
@@ -163,10 +161,10 @@ class MultiViewDataModule(_LoaderSettings, LightningDataModule):
     def prepare_data(self) -> None:
         """Generate the synthetic studio (once; reused when its manifest matches the config)."""
         if self.synthetic is not None:
-            generate_studio(self.synthetic, self.root)
+            self.synthetic.generate(self.root)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.synthetic is not None and not (self.root / MANIFEST).is_file():
+        if self.synthetic is not None and not self.synthetic.is_generated(self.root):
             # setup() without prepare_data() (scripts, notebooks): generate in this process.
             self.prepare_data()
         if self.train_dataset is None and stage in (None, "fit"):
@@ -223,82 +221,11 @@ class MultiViewDataModule(_LoaderSettings, LightningDataModule):
             self.setup("fit")
         assert self.train_dataset is not None
         sampler = EpochSampler(len(self.train_dataset), seed=self.seed, shuffle=True)
-        return self._loader(self.train_dataset, self.batch_size, sampler=sampler)
+        return self._loader(self.train_dataset, self.batch_size, resumable=True, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_dataset is None:
             self.setup("validate")
         if self.val_dataset is None:
             return []  # no validation split: Lightning skips validation
-        return self._loader(self.val_dataset, self.val_batch_size, shuffle=False)
-
-
-class PhotoFolderDataModule(_LoaderSettings, LightningDataModule):
-    """Single-view batches ``{"images": [B, 1, 3, R, R], "index": [B]}`` from a photo tree.
-
-    Photos are split into train / val by a hash of their relative path (``val_fraction``).
-    :meth:`setup` scans the folder (``check``: "header" opens each file's header, "decode"
-    decodes every photo, "none" trusts the suffix) and reports unreadable files: a warning
-    with the count and the first paths, and the full list in :attr:`unreadable`.
-    """
-
-    def __init__(
-        self,
-        root: str,
-        resolution: int = 256,
-        batch_size: int = 8,
-        val_batch_size: int | None = None,
-        val_fraction: float = 0.01,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        prefetch_factor: int | None = None,
-        seed: int = 0,
-        check: Check = "header",
-        on_error: OnError = "raise",
-        suffixes: Sequence[str] = PHOTO_SUFFIXES,
-    ) -> None:
-        super().__init__()
-        self.root, self.resolution, self.seed = Path(root), resolution, seed
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
-        self.val_fraction, self.check, self.on_error = val_fraction, check, on_error
-        self.suffixes = tuple(suffixes)
-        self._set_loader(num_workers, pin_memory, persistent_workers, prefetch_factor)
-        self.unreadable: list[tuple[Path, str]] = []
-        self.train_dataset: PhotoFolderDataset | None = None
-        self.val_dataset: PhotoFolderDataset | None = None
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_dataset is not None:
-            return
-        scan = scan_photos(self.root, self.check, self.suffixes)
-        self.unreadable = scan.unreadable
-        if scan.unreadable:
-            shown = "; ".join(f"{p}: {why}" for p, why in scan.unreadable[:5])
-            log.warning(
-                "%d of %d photos under %s are unreadable and left out (first: %s)",
-                len(scan.unreadable),
-                len(scan.unreadable) + len(scan.files),
-                self.root,
-                shown,
-            )
-        splits: dict[str, list[Path]] = {"train": [], "val": []}
-        for path in scan.files:
-            splits[split_of(path, self.root, self.val_fraction)].append(path)
-        if not splits["train"]:
-            raise FileNotFoundError(f"no readable photos for training under {self.root}")
-        self.train_dataset = PhotoFolderDataset(splits["train"], self.resolution, self.on_error)
-        if splits["val"]:
-            self.val_dataset = PhotoFolderDataset(splits["val"], self.resolution, self.on_error)
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup("fit")
-        assert self.train_dataset is not None
-        sampler = EpochSampler(len(self.train_dataset), seed=self.seed, shuffle=True)
-        return self._loader(self.train_dataset, self.batch_size, sampler=sampler)
-
-    def val_dataloader(self) -> DataLoader | list:
-        self.setup("validate")
-        if self.val_dataset is None:
-            return []
         return self._loader(self.val_dataset, self.val_batch_size, shuffle=False)

@@ -46,33 +46,28 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from pippo_lightning.data.npy_io import read_npy_sample
-from pippo_lightning.data.samplers import mix_seed
-from pippo_lightning.data.schema import (
-    SampleError,
-    canonical_sample,
-    check_sample,
-    reference_camera_problem,
-    with_reference_camera,
+from pippo_lightning.data.latent_cache import LatentCache
+from pippo_lightning.data.preparation import (
+    as_float,
+    pixels_at,
+    prepare_sample,
+    sample_cameras,
 )
+from pippo_lightning.data.samplers import mix_seed
+from pippo_lightning.data.schema import SampleError, check_sample
 from pippo_lightning.data.sources import NpySource, SampleSource, SourceSpec, open_source
 from pippo_lightning.geometry.cameras import (
     WORLD_UP,
     relative_azimuth_deg,
-    scale_intrinsics,
-    to_homogeneous_extrinsics,
 )
 from pippo_lightning.geometry.plucker import plucker_rays
-
-if TYPE_CHECKING:
-    from pippo_lightning.data.latent_cache import LatentCache
 
 log = logging.getLogger(__name__)
 
@@ -107,43 +102,6 @@ def list_sample_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
     if not isinstance(opened, NpySource):
         raise ValueError(f"{source} is a shard directory, not a folder of .npy files")
     return opened.files
-
-
-def prepare_sample(raw: dict[str, Any], where: str | Path) -> dict[str, Any]:
-    """Canonicalise (aliases, arrays -> tensors), validate, and fill in a reference camera where
-    the file has none (the original release's files): decoded from ``ref_cam_pose``, else the
-    nearest target camera stands in (logged once per process; ``pippo-data validate`` lists
-    every such file)."""
-    sample = canonical_sample(raw)
-    check_sample(sample, where)
-    if "ref_cam_intrin" not in sample or "ref_cam_extrin" not in sample:
-        _log_reference_fallback(sample, where)
-    return with_reference_camera(sample)
-
-
-_REFERENCE_FALLBACK_LOGGED = False
-
-
-def _log_reference_fallback(sample: dict[str, Any], where: str | Path) -> None:
-    """Say once per process that training stands in a target camera for a missing reference."""
-    global _REFERENCE_FALLBACK_LOGGED
-    problem = reference_camera_problem(sample, where)
-    if problem is None or _REFERENCE_FALLBACK_LOGGED:
-        return
-    _REFERENCE_FALLBACK_LOGGED = True
-    log.warning(
-        "%s (further files without a reference camera are not reported here; "
-        "`pippo-data validate` lists them all)",
-        problem,
-    )
-
-
-def load_sample(path: str | Path) -> dict[str, Any]:
-    """Read one ``.npy`` sample file, canonicalised and validated (raises SampleError).
-
-    Uses the restricted unpickler of :mod:`.npy_io`: only arrays, tensors and plain values load.
-    """
-    return prepare_sample(read_npy_sample(path), path)
 
 
 def evenly_spaced_views(
@@ -182,29 +140,6 @@ def select_views(
         start = float(torch.rand((), generator=generator)) * 360.0
         return evenly_spaced_views(azimuth_deg, count, start, step_deg)
     return torch.randperm(azimuth_deg.shape[0], generator=generator)[:count]
-
-
-def resize_images(images: Tensor, height: int, width: int) -> Tensor:
-    """Antialiased bilinear resize of [N, C, h, w] (a no-op at the same size)."""
-    if images.shape[-2:] == (height, width):
-        return images
-    return F.interpolate(
-        images, size=(height, width), mode="bilinear", antialias=True, align_corners=False
-    )
-
-
-def pixels_at(images: Tensor, anchors: Tensor, intrinsics: Tensor, size: int) -> dict[str, Tensor]:
-    """Images/anchors [N, 3, h, w] (0-255) resized to size x size in [-1, 1], K scaled to match.
-
-    The one place pixels are resized, shared by the dataset and the latent cache so cached
-    latents encode exactly the tensors a batch would hold.
-    """
-    height, width = images.shape[-2:]
-    return {
-        "images": _to_unit_range(resize_images(_float(images), size, size)),
-        "anchor": _to_unit_range(resize_images(_float(anchors), size, size)),
-        "intrinsics": scale_intrinsics(intrinsics, size / width, size / height),
-    }
 
 
 class MultiViewDataset(Dataset):
@@ -299,7 +234,7 @@ class MultiViewDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         sample = self.load(index)
-        cams = _cameras(sample)
+        cams = sample_cameras(sample)
         azimuth = relative_azimuth_deg(cams["extrinsics"], cams["ref_extrinsics"], up=self.up)
         views = self._select_views(azimuth, self.source.describe(index), epoch, index)
         parts = {**self._views(sample, cams, views), **self._reference(sample, cams)}
@@ -330,7 +265,7 @@ class MultiViewDataset(Dataset):
         stored = sample["plucker"][views, 0] if self.plucker_source == "stored" else None
         return {
             "images": out["images"],
-            "cam_pose": _float(sample["cam_pose"][views, 0]),  # [NV, 16]
+            "cam_pose": as_float(sample["cam_pose"][views, 0]),  # [NV, 16]
             "plucker": self._plucker(out["intrinsics"], extrinsics, stored),
             "anchor": out["anchor"],
             "intrinsics": out["intrinsics"],
@@ -348,7 +283,7 @@ class MultiViewDataset(Dataset):
         stored = sample["ref_plucker"][:, 0] if self.plucker_source == "stored" else None
         return {
             "ref_image": out["images"],
-            "ref_cam_pose": _float(sample["ref_cam_pose"][:, 0]),  # [1, 16]
+            "ref_cam_pose": as_float(sample["ref_cam_pose"][:, 0]),  # [1, 16]
             "ref_plucker": self._plucker(out["intrinsics"], cams["ref_extrinsics"], stored),
             "ref_anchor": out["anchor"],
             "ref_intrinsics": out["intrinsics"],
@@ -360,24 +295,5 @@ class MultiViewDataset(Dataset):
         if stored is None:
             return plucker_rays(intrinsics, extrinsics, size, size)
         return F.interpolate(
-            _float(stored), size=(size, size), mode="bilinear", align_corners=False
+            as_float(stored), size=(size, size), mode="bilinear", align_corners=False
         )
-
-
-def _float(x: Tensor) -> Tensor:
-    return x.to(torch.float32)
-
-
-def _to_unit_range(pixels: Tensor) -> Tensor:
-    """0-255 values -> [-1, 1] (the range the compressors and the diffusion loss expect)."""
-    return (pixels / 127.5 - 1.0).clamp(-1.0, 1.0)
-
-
-def _cameras(sample: dict[str, Any]) -> dict[str, Tensor]:
-    """All-view cameras as float32 K [N, 3, 3] / E [N, 4, 4] (3x4 forms accepted), ref [1, ...]."""
-    return {
-        "intrinsics": _float(sample["cam_intrin"][..., :3, :3]),
-        "extrinsics": to_homogeneous_extrinsics(_float(sample["cam_extrin"])),
-        "ref_intrinsics": _float(sample["ref_cam_intrin"][..., :3, :3]),
-        "ref_extrinsics": to_homogeneous_extrinsics(_float(sample["ref_cam_extrin"])),
-    }

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from pippo_lightning.data.atomic import atomic_directory
-from pippo_lightning.data.dataset import _cameras, pixels_at, prepare_sample
+from pippo_lightning.checkpoints.atomic import atomic_directory
+from pippo_lightning.data.preparation import pixels_at, prepare_sample, sample_cameras
 from pippo_lightning.data.shards import INDEX_FILE, ShardReader, ShardWriter
 from pippo_lightning.data.sources import SampleSource, has_samples, open_source
 from pippo_lightning.errors import PippoError
@@ -244,7 +244,7 @@ def _encode_split(
     names = source.names()
     for index in range(len(source)):
         sample = prepare_sample(source.read(index), source.describe(index))
-        cams = _cameras(sample)
+        cams = sample_cameras(sample)
         views = pixels_at(
             sample["image"][:, 0], sample["kpts"][:, 0], cams["intrinsics"], resolution
         )

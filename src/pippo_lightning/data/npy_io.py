@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from pippo_lightning.checkpointing import load_torch_file
-from pippo_lightning.data.atomic import atomic_write_bytes
+from pippo_lightning.checkpoints.atomic import atomic_write_bytes
+from pippo_lightning.checkpoints.loading import load_torch_file
 from pippo_lightning.data.schema import SampleError
 
 #: (module, name) pairs a sample pickle may reference. numpy moved its internals from

@@ -36,7 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from pippo_lightning.data.atomic import atomic_write_bytes
+from pippo_lightning.checkpoints.atomic import atomic_write_bytes
 from pippo_lightning.data.schema import SAMPLE_KEYS, SampleError
 
 FORMAT_NAME = "pippo_lightning.shards"
@@ -89,7 +89,7 @@ class ShardWriter:
     """Append samples; every ``shard_size`` of them become one shard file. Call :meth:`close`.
 
     Writes into ``directory`` as it goes: use it inside
-    :func:`~pippo_lightning.data.atomic.atomic_directory` for an atomic result.
+    :func:`~pippo_lightning.checkpoints.atomic.atomic_directory` for an atomic result.
     """
 
     def __init__(

@@ -18,6 +18,23 @@ from pippo_lightning.data.shards import ShardReader, is_shard_dir
 SourceSpec = str | Path | Sequence[str | Path]
 
 
+class SampleGenerator(Protocol):
+    """A dataset made on demand (the synthetic studio): the data module asks it to write its
+    samples under a root, and never needs to know what it is."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings; their hash names the default root."""
+        ...
+
+    def generate(self, root: Path) -> Path:
+        """Write the samples under ``root`` (or reuse matching ones there); returns ``root``."""
+        ...
+
+    def is_generated(self, root: Path) -> bool:
+        """Whether ``root`` already holds a finished generation."""
+        ...
+
+
 class SampleSource(Protocol):
     """Random access to raw samples."""
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pippo_lightning.checkpointing import load_torch_file
+from pippo_lightning.checkpoints.loading import load_torch_file
 from pippo_lightning.errors import PippoError
 
 #: Offset from OpenCV/kornia pixel coordinates (centres on integers) to ours (centres on .5).

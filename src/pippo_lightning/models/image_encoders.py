@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pippo_lightning.errors import PippoError
-from pippo_lightning.frozen import keep_out_of_checkpoints
+from pippo_lightning.models.frozen import keep_out_of_checkpoints
 
 # DINOv2 was trained on ImageNet-normalised inputs
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

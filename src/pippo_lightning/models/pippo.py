@@ -11,10 +11,9 @@ from torch import Tensor, nn
 from pippo_lightning.models.camera import CameraMLP
 from pippo_lightning.models.control import ControlMLP
 from pippo_lightning.models.dit import DiT
+from pippo_lightning.models.input_checks import check_inputs, check_mask, check_shape
 from pippo_lightning.models.layers import FP32LayerNorm
 from pippo_lightning.models.reference import ReferenceEncoder
-
-PLUCKER_CHANNELS = 6  # (direction, moment) of each pixel's ray
 
 
 @dataclass(frozen=True)
@@ -217,7 +216,7 @@ class Pippo(nn.Module):
         global_embedding: Tensor | None = None,
         drop_global: Tensor | None = None,
     ) -> Tensor:
-        """Predict eps for x_t [B, NV, C, h, w]; see `_check_inputs` for every shape.
+        """Predict eps for x_t [B, NV, C, h, w]; see `input_checks.check_inputs` for every shape.
 
         ref_latent None leaves the reference out of the sequence altogether (the target views
         attend only to each other): the pre-training (P1) setting, and what makes a stage
@@ -229,8 +228,16 @@ class Pippo(nn.Module):
         drop_cameras replaces the target views' camera embeddings; the reference's camera is part
         of the reference tokens and goes with drop_ref, as in the original.
         """
-        self._check_inputs(
-            x_t, t, ref_latent, cam_pose, ref_cam_pose, plucker, ref_plucker, anchor_latents
+        check_inputs(
+            self.config,
+            x_t,
+            t,
+            ref_latent,
+            cam_pose,
+            ref_cam_pose,
+            plucker,
+            ref_plucker,
+            anchor_latents,
         )
         cfg = self.config
         batch, num_views = x_t.shape[:2]
@@ -240,7 +247,7 @@ class Pippo(nn.Module):
             ("drop_control", drop_control),
             ("drop_global", drop_global),
         ):
-            _check_mask(name, mask, batch)
+            check_mask(name, mask, batch)
         condition = self._global_condition(global_embedding, drop_global, batch)
 
         with_ref = ref_latent is not None and self.ref_encoder is not None
@@ -289,110 +296,13 @@ class Pippo(nn.Module):
                 "global_embedding is required when PippoConfig.global_embedding_dim="
                 f"{self.config.global_embedding_dim}"
             )
-        _check_shape(
+        check_shape(
             "global_embedding", embedding, ("B", batch), ("E", self.config.global_embedding_dim)
         )
         condition = self.global_embedding(embedding)
         if drop is not None:
             condition = torch.where(drop[:, None], self.null.global_embedding, condition)
         return condition
-
-    def _check_inputs(
-        self,
-        x_t: Tensor,
-        t: Tensor,
-        ref_latent: Tensor | None,
-        cam_pose: Tensor | None,
-        ref_cam_pose: Tensor | None,
-        plucker: Tensor | None,
-        ref_plucker: Tensor | None,
-        anchor_latents: Tensor | None,
-    ) -> None:
-        """Raise ValueError naming the argument, expected and found shape."""
-        cfg = self.config
-        c, s = cfg.latent_channels, cfg.latent_size
-        if x_t.dim() != 5:
-            raise ValueError(
-                f"x_t: expected shape [B, NV, C={c}, h={s}, w={s}], found {tuple(x_t.shape)}"
-            )
-        b, nv = x_t.shape[:2]
-        _check_shape("x_t", x_t, ("B", b), ("NV", nv), ("C", c), ("h", s), ("w", s))
-        _check_shape("t", t, ("B", b))
-        with_ref = cfg.use_reference and ref_latent is not None
-        r = 0
-        if with_ref:
-            if ref_latent.dim() != 5:
-                raise ValueError(
-                    f"ref_latent: expected shape [B={b}, R, C={c}, h={s}, w={s}], "
-                    f"found {tuple(ref_latent.shape)}"
-                )
-            r = ref_latent.shape[1]
-            _check_shape("ref_latent", ref_latent, ("B", b), ("R", r), ("C", c), ("h", s), ("w", s))
-        if cfg.use_cameras:
-            f = cfg.camera_features
-            _require("cam_pose", cam_pose, "use_cameras")
-            _check_shape("cam_pose", cam_pose, ("B", b), ("NV", nv), ("F", f))
-            if with_ref:
-                _require("ref_cam_pose", ref_cam_pose, "use_cameras")
-                _check_shape("ref_cam_pose", ref_cam_pose, ("B", b), ("R", r), ("F", f))
-        if cfg.use_control and cfg.control_anchor:
-            _require("anchor_latents", anchor_latents, "use_control")
-            _check_shape(
-                "anchor_latents",
-                anchor_latents,
-                ("B", b),
-                ("NV+R", nv + r),
-                ("C", c),
-                ("h", s),
-                ("w", s),
-            )
-        if cfg.use_control and cfg.control_plucker:
-            _require("plucker", plucker, "use_control")
-            if with_ref:
-                _require("ref_plucker", ref_plucker, "use_control")
-            size = tuple(plucker.shape[-2:]) if plucker.dim() == 5 else (s, s)
-            pairs = [("plucker", plucker, ("NV", nv))]
-            if with_ref:
-                pairs.append(("ref_plucker", ref_plucker, ("R", r)))
-            for name, rays, views in pairs:
-                _check_shape(
-                    name,
-                    rays,
-                    ("B", b),
-                    views,
-                    ("6", PLUCKER_CHANNELS),
-                    ("H", size[0]),
-                    ("W", size[1]),
-                )
-                if size[0] % s or size[1] % s:
-                    raise ValueError(
-                        f"{name}: expected pixel size H, W multiples of the latent size {s}, "
-                        f"found {tuple(rays.shape)}"
-                    )
-
-
-def _require(name: str, value: Tensor | None, flag: str) -> None:
-    if value is None:
-        raise ValueError(f"{name} is required when PippoConfig.{flag}=True")
-
-
-def _check_shape(name: str, tensor: Tensor, *dims: tuple[str, int]) -> None:
-    """Compare `tensor.shape` with named sizes, e.g. ("B", 2), ("NV", 3)."""
-    if tuple(tensor.shape) != tuple(size for _, size in dims):
-        expected = ", ".join(
-            f"{label}={size}" if label != str(size) else label for label, size in dims
-        )
-        raise ValueError(f"{name}: expected shape [{expected}], found {tuple(tensor.shape)}")
-
-
-def _check_mask(name: str, mask: Tensor | None, batch: int) -> None:
-    if mask is None:
-        return
-    if mask.dtype != torch.bool or tuple(mask.shape) != (batch,):
-        raise ValueError(
-            f"{name}: expected a bool mask of shape [B={batch}], "
-            f"found {mask.dtype} {tuple(mask.shape)}"
-        )
 
 
 def count_parameters(model: Pippo) -> dict[str, int]:

@@ -25,8 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from pippo_lightning.cli.evaluate import eval_loader
-from pippo_lightning.inference import batch_to, generate_views, load_stage, with_seed
+from pippo_lightning.inference.loading import eval_loader
+from pippo_lightning.inference.pipeline import batch_to, generate_views, load_stage, with_seed
 from pippo_lightning.metrics.image import ImageMetrics
 from pippo_lightning.metrics.reprojection import ReprojectionError
 from pippo_lightning.stages.base import PippoStage

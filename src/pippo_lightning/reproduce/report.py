@@ -275,7 +275,7 @@ def log_to_wandb(
 ) -> Path | None:
     """One W&B run (offline unless credentials are set) in ``group``: the summary table, the
     figures and every variant's metrics in the run summary. Returns the run's directory."""
-    from pippo_lightning.loggers import wandb_logger
+    from pippo_lightning.callbacks.loggers import wandb_logger
 
     logger = wandb_logger(save_dir, name=f"report_{results['run']}", group=group, job_type="report")
     columns, data = summary_table(results)

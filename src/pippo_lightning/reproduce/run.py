@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pippo_lightning.cli.bench import pick_device
+from pippo_lightning.checkpoints.reading import checkpoint_step
 from pippo_lightning.data.schema import SampleError
 from pippo_lightning.errors import PippoError
-from pippo_lightning.inference import checkpoint_step, sampling_config
+from pippo_lightning.inference.device import pick_device
+from pippo_lightning.inference.pipeline import sampling_config
 from pippo_lightning.reproduce.evaluation import (
     SourceScore,
     copy_reference_source,

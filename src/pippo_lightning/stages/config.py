@@ -15,15 +15,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from pippo_lightning.checkpoints.loading import register_safe_globals
+from pippo_lightning.conditioning.dropout import CONDITIONS, ConditionDropout
 from pippo_lightning.diffusion.sampling import SamplerConfig
+from pippo_lightning.errors import ConfigError
 
 T = TypeVar("T")
-
-CONDITIONS = ("ref", "cameras", "control")
-
-
-class ConfigError(ValueError):
-    """A stage setting is unknown, of the wrong type or out of range."""
 
 
 def plain(value: Any) -> Any:
@@ -156,23 +153,6 @@ class OptimizerConfig:
 
 
 @dataclass(frozen=True)
-class ConditionDropout:
-    """Classifier-free-guidance dropout: each condition is replaced by its null for a sample
-    with its own probability, and `all` drops every condition of a sample together."""
-
-    ref: float = 0.2
-    cameras: float = 0.0
-    control: float = 0.0
-    all: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in (*CONDITIONS, "all"):
-            p = getattr(self, name)
-            if not 0.0 <= p <= 1.0:
-                raise ConfigError(f"condition_dropout.{name} must be in [0, 1], got {p}")
-
-
-@dataclass(frozen=True)
 class SamplingConfig:
     """Validation / inference sampling: steps, guidance and which conditions guidance drops.
 
@@ -264,3 +244,9 @@ class ValidationConfig:
             raise ConfigError(f"validation.lpips must be true, false or auto, got {self.lpips!r}")
         if self.sample_batches < 0:
             raise ConfigError(f"validation.sample_batches must be >= 0, got {self.sample_batches}")
+
+
+# a stage built from Python objects keeps these as hyperparameters: checkpoints may hold them
+register_safe_globals(
+    OptimizerConfig, ConditionDropout, SamplingConfig, EMAConfig, ValidationConfig
+)

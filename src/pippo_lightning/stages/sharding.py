@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor, nn
 
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
     from pippo_lightning.models.pippo import Pippo
-    from pippo_lightning.stages.base import PippoStage
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class FullyShardedStrategy(ModelParallelStrategy):
         mid-save would leave the previous `.metadata` next to half-new shards."""
         if not self._save_distributed_checkpoint:
             return super().save_checkpoint(checkpoint, filepath, storage_options)
-        from pippo_lightning.checkpointing import replace_directory
+        from pippo_lightning.checkpoints.atomic import replace_directory
 
         path = Path(self.broadcast(str(filepath)))
         tmp = path.with_name(f".{path.name}.tmp")
@@ -131,12 +131,12 @@ class FullyShardedStrategy(ModelParallelStrategy):
         self.barrier("pippo-sharded-checkpoint-renamed")
 
 
-def sharding_config(stage: PippoStage) -> ShardingConfig:
+def sharding_config(stage: LightningModule) -> ShardingConfig:
     """The stage's `sharding` hyperparameter as a checked `ShardingConfig`."""
     return coerce(ShardingConfig, stage.hparams.get("sharding"), "stage.sharding")
 
 
-def data_parallel_mesh(stage: PippoStage) -> DeviceMesh | None:
+def data_parallel_mesh(stage: LightningModule) -> DeviceMesh | None:
     """The mesh to shard over, or None when the strategy provides none (DDP, one device)."""
     try:
         mesh = stage.device_mesh
@@ -191,7 +191,7 @@ def shard_model(model: Pippo, mesh: DeviceMesh, config: ShardingConfig, root: bo
         fully_shard(model, **options)
 
 
-def configure_sharding(stage: PippoStage) -> bool:
+def configure_sharding(stage: LightningModule) -> bool:
     """Shard the stage's model and EMA shadow over the device mesh; True when it sharded.
 
     Called from `PippoStage.configure_model`. Without a mesh (DDP, one device) it only checks

@@ -1,0 +1,1 @@
+"""Timing a stage's training step (make bench-scale, make bench-original)."""

@@ -1,0 +1,1 @@
+"""The synthetic studio: procedural subjects rendered in a calibrated camera dome."""
