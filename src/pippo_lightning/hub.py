@@ -40,6 +40,7 @@ from torch import Tensor
 
 from pippo_lightning.checkpointing import UnsafeCheckpointError, load_torch_file
 from pippo_lightning.errors import PippoError
+from pippo_lightning.extras import require
 from pippo_lightning.metrics.report import metrics_table
 
 log = logging.getLogger(__name__)
@@ -408,6 +409,7 @@ def push_checkpoint(
 
     The token comes from HF_TOKEN or the stored login, as everywhere in huggingface_hub.
     """
+    require("huggingface_hub", "pippo-hub push")
     from huggingface_hub import HfApi
 
     if hub_offline():
@@ -438,6 +440,7 @@ def hub_cache_root() -> Path:
 
 def download_repo(repo_id: str, revision: str | None = None) -> Path:
     """The repo's files in the Hugging Face cache (HF_HOME; works offline once cached)."""
+    require("huggingface_hub", "downloading from the Hugging Face Hub")
     from huggingface_hub import snapshot_download
 
     with hub_errors("download", repo_id):
@@ -579,7 +582,7 @@ def log_artifacts(
     """Log a checkpoint (type ``model``) and/or a pippo-eval report (type ``eval-report``) as
     W&B artifacts of the run behind ``target``, each with the resolved config. No W&B run:
     nothing is logged (CSV / no logger configs). Returns the logged artifacts."""
-    import wandb
+    wandb = require("wandb", "logging W&B artifacts")
 
     run = _wandb_run(target)
     if run is None:

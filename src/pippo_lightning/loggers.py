@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from lightning.pytorch.loggers import WandbLogger
 
+from pippo_lightning.extras import require
+
 WandbMode = Literal["auto", "online", "offline", "disabled"]
 
 
@@ -51,6 +53,7 @@ def wandb_logger(
     Offline runs are written to `<save_dir>/wandb/offline-run-*` and can be uploaded later
     with `wandb sync <that dir>`.
     """
+    require("wandb", "logger=wandb")
     resolved = resolve_wandb_mode(mode)
     if resolved not in {"online", "offline", "disabled"}:
         raise ValueError(
@@ -69,6 +72,14 @@ def wandb_logger(
         tags=list(tags) if tags else None,
         **kwargs,
     )
+
+
+def tensorboard_logger(save_dir: str | Path, name: str = "tensorboard", **kwargs: Any) -> Any:
+    """Lightning's TensorBoardLogger, or one error naming the `tensorboard` extra if absent."""
+    require("tensorboard", "logger=tensorboard")
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return TensorBoardLogger(save_dir=str(save_dir), name=name, **kwargs)
 
 
 # --------------------------------------------------------------------------- offline runs

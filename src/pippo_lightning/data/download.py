@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pippo_lightning.data.atomic import OutputExistsError, atomic_directory
 from pippo_lightning.errors import PippoError
+from pippo_lightning.extras import require
 
 SAMPLES_REPO = "yashkant/pippo"
 SAMPLES_FOLDER = "ava_samples"
@@ -64,6 +65,7 @@ def fetch_snapshot(
     repo_id: str = SAMPLES_REPO, folder: str = SAMPLES_FOLDER, revision: str | None = None
 ) -> Path:
     """The dataset's ``folder`` in the Hugging Face cache (HF_HOME); one clear error if not."""
+    require("huggingface_hub", "pippo-data download-samples")
     from huggingface_hub import snapshot_download
 
     from pippo_lightning.hub import hub_errors

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from pippo_lightning.extras import require
 from pippo_lightning.metrics.matching import Matcher, build_matcher
 from pippo_lightning.metrics.triangulation import (
     camera_centers,
@@ -51,7 +52,9 @@ def nearest_camera_pairs(centers: Tensor) -> list[Pair]:
     (a camera may not pick itself); an assignment i -> j and j -> i is one pair. Every camera
     thus appears in at least one pair, and close cameras see enough of the same surface to match.
     """
-    from scipy.optimize import linear_sum_assignment  # deferred: only this strategy needs scipy
+    # deferred: only this strategy needs scipy
+    require("scipy", "pairing cameras by assignment")
+    from scipy.optimize import linear_sum_assignment
 
     num_views = len(centers)
     if num_views < 2:
@@ -100,7 +103,8 @@ def essential_inliers(
     cameras keep their matches and still score high. Fewer than
     :data:`MIN_MATCHES_TO_VERIFY` matches are all kept.
     """
-    import cv2  # deferred: the metric's other paths need no OpenCV
+    # deferred: the metric's other paths need no OpenCV
+    cv2 = require("cv2", "verifying matches (RE metric)")
 
     num_matches = len(points_a)
     keep_all = torch.ones(num_matches, dtype=torch.bool)
