@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from pippo_lightning.cli.common import (
     instantiate_group,
     resolved_config,
 )
+from pippo_lightning.cli.run_setup import apply_extras, require_plugins
 from pippo_lightning.hub import log_artifacts_if_enabled
 from pippo_lightning.precision import resolve_precision
 from pippo_lightning.preflight import validate_run_config
@@ -55,8 +57,10 @@ def train(cfg: DictConfig) -> TrainResult:
     # or trainer exist
     validate_run_config(cfg)
     resolve_trainer_precision(cfg)
-    L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    # issue #17: the config tree, tags, known warnings silenced (cli/run_setup.py)
+    apply_extras(cfg, output_dir)
+    L.seed_everything(cfg.seed, workers=True)
 
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     compressor = hydra.utils.instantiate(cfg.compressor)
@@ -198,6 +202,7 @@ def _main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    require_plugins(sys.argv[1:])
     check_overrides("train")
     install_ddp_child_command()
     _main()
