@@ -12,6 +12,7 @@ from typing import Any, Literal
 from lightning.pytorch.loggers import WandbLogger
 
 from pippo_lightning.extras import require
+from pippo_lightning.tracking import resolve_log_model
 
 WandbMode = Literal["auto", "online", "offline", "disabled"]
 
@@ -46,12 +47,14 @@ def wandb_logger(
     mode: WandbMode = "auto",
     run_id: str | None = None,
     tags: list[str] | None = None,
+    log_model: bool | str = "auto",
     **kwargs: Any,
 ) -> WandbLogger:
     """A WandbLogger whose files land under `save_dir` and which never asks for a login.
 
     Offline runs are written to `<save_dir>/wandb/offline-run-*` and can be uploaded later
-    with `wandb sync <that dir>`.
+    with `wandb sync <that dir>`. ``log_model`` `auto`: checkpoints are logged as artifacts
+    (aliases `latest`, `best`) when online (pippo_lightning.tracking.resolve_log_model).
     """
     require("wandb", "logger=wandb")
     resolved = resolve_wandb_mode(mode)
@@ -70,6 +73,7 @@ def wandb_logger(
         offline=resolved == "offline",
         mode=resolved,
         tags=list(tags) if tags else None,
+        log_model=resolve_log_model(log_model, resolved),
         **kwargs,
     )
 
@@ -94,13 +98,17 @@ _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 
 @dataclass
 class OfflineRun:
-    """What an offline W&B run recorded: id, config, history rows and the final summary."""
+    """What an offline W&B run recorded: id, config, history rows, the final summary, and the
+    group, job type and tags it was started with."""
 
     run_id: str
     config: dict[str, Any] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    group: str = ""
+    job_type: str = ""
+    tags: list[str] = field(default_factory=list)
 
 
 def _log_records(data: bytes) -> list[bytes]:
@@ -157,6 +165,8 @@ def read_offline_run(path: str | Path) -> OfflineRun:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run.run_id = record.run.run_id
+            run.group, run.job_type = record.run.run_group, record.run.job_type
+            run.tags = list(record.run.tags)
             run.config.update(_items(record.run.config.update))
         elif kind == "config":
             run.config.update(_items(record.config.update))

@@ -19,6 +19,7 @@ from pippo_lightning.compressors.base import CompressorLoadError
 from pippo_lightning.data.schema import SampleError
 from pippo_lightning.errors import PippoError
 from pippo_lightning.stages.config import ConfigError
+from pippo_lightning.tracking import hydra_choice
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ def run_stamp() -> str:
 
 
 OmegaConf.register_new_resolver("run_stamp", run_stamp, replace=True)
+# `${hydra_choice:experiment}`: the W&B group (configs/logger/wandb.yaml)
+OmegaConf.register_new_resolver("hydra_choice", hydra_choice, replace=True)
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     PippoError,

@@ -55,6 +55,11 @@ from pippo_lightning.metrics.report import format_value, metrics_table
 from pippo_lightning.metrics.reprojection import ReprojectionError, reprojection_log_name
 from pippo_lightning.stages.base import PippoStage
 from pippo_lightning.stages.config import ConfigError, SamplingConfig
+from pippo_lightning.tracking import (
+    announce_runs,
+    link_eval_to_training_run,
+    use_training_model_artifact,
+)
 
 #: ReprojectionError result keys, without and with the ground-truth prefix.
 RE_KEYS = ("reprojection_error_pct", "reprojection_error_px", "pairs", "failed_pairs")
@@ -321,11 +326,19 @@ def markdown_report(report: dict[str, Any]) -> str:
 
 def log_report(cfg: DictConfig, report: dict[str, Any], grids: list[Path]) -> None:
     """Figures to every configured logger: scalars, a per-subject table and summary on W&B."""
+    # issue #17: into the training run (resumed by id) or linked to it, not an unrelated run
+    training_run = link_eval_to_training_run(cfg, report.get("checkpoint"))
+    resumed = training_run is not None and cfg.get("wandb_link", "resume") == "resume"
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
     scalars = {f"eval/{k}": v for k, v in report["metrics"].items() if v is not None}
     step = report["global_step"] or 0
     for logger in loggers:
-        logger.log_hyperparams({"config": resolved_config(cfg)})
+        # a resumed training run keeps its own config; the evaluation's goes beside it
+        logger.log_hyperparams({"eval_config" if resumed else "config": resolved_config(cfg)})
+    announce_runs(loggers)
+    if training_run is not None and not resumed:
+        use_training_model_artifact(loggers, training_run)
+    for logger in loggers:
         logger.log_metrics(scalars, step=step)
         if isinstance(logger, WandbLogger):
             columns = sorted({k for row in report["per_subject"] for k in row})

@@ -37,6 +37,7 @@ from pippo_lightning.hub import log_artifacts_if_enabled
 from pippo_lightning.precision import resolve_precision
 from pippo_lightning.preflight import validate_run_config
 from pippo_lightning.stages.config import ConfigError
+from pippo_lightning.tracking import announce_runs
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ def train(cfg: DictConfig) -> TrainResult:
     counts = stage.parameter_counts()
     for logger in trainer.loggers:
         logger.log_hyperparams({"config": resolved_config(cfg), "parameters": counts})
+    if trainer.is_global_zero:
+        announce_runs(trainer.loggers)  # the run's URL, or its offline dir + `wandb sync`
     log.info("parameters: %s", ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()))
 
     try:
