@@ -42,6 +42,7 @@ from pippo_lightning.checkpointing import UnsafeCheckpointError, load_torch_file
 from pippo_lightning.errors import PippoError
 from pippo_lightning.extras import require
 from pippo_lightning.metrics.report import metrics_table
+from pippo_lightning.progress import quiet_hub_bars
 
 log = logging.getLogger(__name__)
 
@@ -410,6 +411,7 @@ def push_checkpoint(
     The token comes from HF_TOKEN or the stored login, as everywhere in huggingface_hub.
     """
     require("huggingface_hub", "pippo-hub push")
+    quiet_hub_bars()
     from huggingface_hub import HfApi
 
     if hub_offline():
@@ -441,6 +443,7 @@ def hub_cache_root() -> Path:
 def download_repo(repo_id: str, revision: str | None = None) -> Path:
     """The repo's files in the Hugging Face cache (HF_HOME; works offline once cached)."""
     require("huggingface_hub", "downloading from the Hugging Face Hub")
+    quiet_hub_bars()
     from huggingface_hub import snapshot_download
 
     with hub_errors("download", repo_id):

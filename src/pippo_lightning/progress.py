@@ -11,11 +11,14 @@ import os
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 _FALSE = {"0", "false", "no", "off", ""}
+
+#: the rich display in use, which nested bars join
+_active: Any = None
 
 
 def progress_enabled(stream: object | None = None) -> bool:
@@ -78,13 +81,27 @@ def progress_bar(
 
     ``enabled`` None: :func:`progress_enabled` decides.
     """
+    global _active
     if not (progress_enabled() if enabled is None else enabled):
         yield _Silent()
+        return
+    if _active is not None:
+        # nested (the sampler's steps inside pippo-eval's batches): one more line of the same
+        # display; rich allows only one live display at a time
+        task = _active.add_task(description, total=total)
+        try:
+            yield _Bar(_active, task)
+        finally:
+            _active.remove_task(task)
         return
     from rich.progress import Progress
 
     with Progress(*_columns(), transient=False) as progress:
-        yield _Bar(progress, progress.add_task(description, total=total))
+        _active = progress
+        try:
+            yield _Bar(progress, progress.add_task(description, total=total))
+        finally:
+            _active = None
 
 
 def track(
@@ -100,3 +117,14 @@ def track(
         for item in items:
             yield item
             bar.advance()
+
+
+def quiet_hub_bars() -> None:
+    """huggingface_hub draws its own (tqdm) transfer bars: silence them where ours are off."""
+    if progress_enabled():
+        return
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+    except ImportError:  # the hub extra is not installed: there are no bars to silence
+        return
+    disable_progress_bars()

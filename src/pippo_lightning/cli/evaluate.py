@@ -53,6 +53,7 @@ from pippo_lightning.inference import (
 from pippo_lightning.metrics.image import ImageMetrics, per_view_psnr, per_view_ssim
 from pippo_lightning.metrics.report import format_value, metrics_table
 from pippo_lightning.metrics.reprojection import ReprojectionError, reprojection_log_name
+from pippo_lightning.progress import track
 from pippo_lightning.stages.base import PippoStage
 from pippo_lightning.stages.config import ConfigError, SamplingConfig
 from pippo_lightning.tracking import (
@@ -158,7 +159,8 @@ def evaluate(cfg: DictConfig) -> EvalResult:
     reprojection: ReprojectionError = hydra.utils.instantiate(cfg.reprojection)
     images = ImageMetrics(lpips=cfg.lpips)
     rows, grids = [], []
-    for batch_idx, batch in enumerate(loader):
+    batches = track(enumerate(loader), "pippo-eval", len(loader))
+    for batch_idx, batch in batches:
         target = batch["images"]  # [B, NV, 3, H, W] ground truth
         per_batch: ReprojectionError = hydra.utils.instantiate(cfg.reprojection)
         row: dict[str, Any] = {"subjects": [int(i) for i in batch["index"]]}

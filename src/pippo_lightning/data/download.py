@@ -22,6 +22,7 @@ from pathlib import Path
 from pippo_lightning.data.atomic import OutputExistsError, atomic_directory
 from pippo_lightning.errors import PippoError
 from pippo_lightning.extras import require
+from pippo_lightning.progress import quiet_hub_bars
 
 SAMPLES_REPO = "yashkant/pippo"
 SAMPLES_FOLDER = "ava_samples"
@@ -66,6 +67,7 @@ def fetch_snapshot(
 ) -> Path:
     """The dataset's ``folder`` in the Hugging Face cache (HF_HOME); one clear error if not."""
     require("huggingface_hub", "pippo-data download-samples")
+    quiet_hub_bars()
     from huggingface_hub import snapshot_download
 
     from pippo_lightning.hub import hub_errors

@@ -73,6 +73,7 @@ from pippo_lightning.geometry.cameras import (
     scale_intrinsics,
 )
 from pippo_lightning.geometry.plucker import plucker_rays
+from pippo_lightning.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -467,7 +468,7 @@ def prepare(
     used: dict[str, dict[str, Any]] = {}
     with atomic_directory(out, overwrite=overwrite) as staging:
         writers = _writers(staging, config)
-        for subject, directory in subjects.items():
+        for subject, directory in track(subjects.items(), "pippo-data prepare", len(subjects)):
             split = report.subjects[subject]
             used[subject] = _prepare_subject(
                 subject,

@@ -43,6 +43,7 @@ from pippo_lightning.data.schema import (
 from pippo_lightning.data.shards import INDEX_FILE, ShardReader
 from pippo_lightning.geometry.cameras import camera_pose_vector, project_points
 from pippo_lightning.geometry.plucker import plucker_rays
+from pippo_lightning.progress import track
 
 #: Tolerances; loose enough for float32 data written by other tools.
 ROTATION_TOL = 1e-3
@@ -110,9 +111,11 @@ def validate_path(paths: str | Path | Sequence[str | Path], jobs: int = 1) -> Re
     report.files += len({u.path for u in units})
     if jobs > 1 and len(units) > 1:
         with ProcessPoolExecutor(jobs) as pool:
-            results = list(pool.map(_check_unit, units, chunksize=8))
+            results = list(
+                track(pool.map(_check_unit, units, chunksize=8), "pippo-data validate", len(units))
+            )
     else:
-        results = [_check_unit(unit) for unit in units]
+        results = [_check_unit(unit) for unit in track(units, "pippo-data validate")]
     for count, problems in results:
         report.samples += count
         report.problems += problems
