@@ -98,6 +98,13 @@ def test_eval_entry_point_writes_report_and_logs_to_wandb(
     markdown = (out / "report.md").read_text()
     assert "reprojection error, % of max(H, W)" in markdown and "PSNR" in markdown
     assert (out / "samples" / "batch_0000.png").is_file()
+    # issue #17: RE against azimuth, PSNR against view index, report.html beside the numbers
+    assert len(report["per_view"]["azimuth_deg"]) == 24
+    assert len(report["per_view"]["gt_reprojection_error_pct"]) == 24
+    assert (out / "plots" / "re_vs_azimuth.png").is_file()
+    assert (out / "plots" / "psnr_vs_view.png").is_file()
+    page = (out / "report.html").read_text()
+    assert 'src="plots/re_vs_azimuth.png"' in page and 'src="samples/batch_0000.png"' in page
 
     run = offline_run_with(out, "eval/psnr")
     assert run.summary["eval/psnr"] == pytest.approx(m["psnr"])
@@ -106,6 +113,8 @@ def test_eval_entry_point_writes_report_and_logs_to_wandb(
     )
     logged = set().union(*(row.keys() for row in run.rows))
     assert {"eval/psnr", "eval/ssim", "eval/per_subject/_type", "eval/samples/_type"} <= logged
+    charts = {"eval/re_vs_azimuth_table", "eval/psnr_vs_view_table", "eval/plots/psnr_vs_view"}
+    assert {f"{key}/_type" for key in charts} <= logged, sorted(logged)
     # issue #17: written into the training run (resumed by the id its checkpoint recorded),
     # whose own config is kept; the evaluation's goes beside it
     training = read_offline_run(trained.run_dir)

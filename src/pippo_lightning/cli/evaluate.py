@@ -50,7 +50,9 @@ from pippo_lightning.inference import (
     sampling_config,
     with_seed,
 )
+from pippo_lightning.metrics.eval_figures import eval_plots, log_eval_plots, write_html_report
 from pippo_lightning.metrics.image import ImageMetrics, per_view_psnr, per_view_ssim
+from pippo_lightning.metrics.per_view import PerViewReprojectionError
 from pippo_lightning.metrics.report import format_value, metrics_table
 from pippo_lightning.metrics.reprojection import ReprojectionError, reprojection_log_name
 from pippo_lightning.progress import track
@@ -160,8 +162,11 @@ def evaluate(cfg: DictConfig) -> EvalResult:
     images = ImageMetrics(lpips=cfg.lpips)
     rows, grids = [], []
     batches = track(enumerate(loader), "pippo-eval", len(loader))
+    azimuths: list[float] = []  # of the first subject's views: the x axis of RE vs azimuth
     for batch_idx, batch in batches:
         target = batch["images"]  # [B, NV, 3, H, W] ground truth
+        if batch_idx == 0:
+            azimuths = [float(a) for a in batch["azimuth_deg"][0]]
         per_batch: ReprojectionError = hydra.utils.instantiate(cfg.reprojection)
         row: dict[str, Any] = {"subjects": [int(i) for i in batch["index"]]}
         if stage is None:
@@ -190,10 +195,17 @@ def evaluate(cfg: DictConfig) -> EvalResult:
     report["compressor"] = compressor
     report["seconds"] = time.perf_counter() - start
     report["device"] = str(device)
+    if isinstance(reprojection, PerViewReprojectionError):
+        report["per_view"].update(reprojection.per_view(report["data"]["views_per_subject"]))
+    if azimuths:
+        report["per_view"]["azimuth_deg"] = azimuths
     json_path, md_path = write_report(out, report)
-    log_report(cfg, report, grids)
+    # issue #17: plots where people look (PNGs, W&B charts) and report.html beside the numbers
+    figures = eval_plots(report, out)
+    html_path = write_html_report(report, out, figures, grids)
+    log_report(cfg, report, grids, figures)
     print(markdown_report(report))
-    print(f"written: {json_path} and {md_path}")
+    print(f"written: {json_path}, {md_path} and {html_path}")
     return EvalResult(report, out, json_path, md_path, grids)
 
 
@@ -326,7 +338,12 @@ def markdown_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def log_report(cfg: DictConfig, report: dict[str, Any], grids: list[Path]) -> None:
+def log_report(
+    cfg: DictConfig,
+    report: dict[str, Any],
+    grids: list[Path],
+    figures: dict[str, Path] | None = None,
+) -> None:
     """Figures to every configured logger: scalars, a per-subject table and summary on W&B."""
     # issue #17: into the training run (resumed by id) or linked to it, not an unrelated run
     training_run = link_eval_to_training_run(cfg, report.get("checkpoint"))
@@ -356,6 +373,7 @@ def log_report(cfg: DictConfig, report: dict[str, Any], grids: list[Path]) -> No
                     step=step,
                     caption=["reference | generated | ground truth"],
                 )
+            log_eval_plots(logger, report, figures or {}, step)
             logger.experiment.summary.update(scalars)
             logger.experiment.finish()
         else:

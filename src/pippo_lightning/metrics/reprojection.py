@@ -312,8 +312,9 @@ class ReprojectionError(Metric):
             return nearest_camera_pairs(camera_centers(extrinsics.double()))
         return random_disjoint_pairs(len(extrinsics), self.seed)
 
-    def _accumulate(self, prefix: str, distances: Tensor | None) -> None:
-        """Add one pair's distances (None: the pair failed) to the states named ``prefix``*."""
+    def _accumulate(self, prefix: str, distances: Tensor | None, pair: Pair | None = None) -> None:
+        """Add one pair's distances (None: the pair failed) to the states named ``prefix``*;
+        ``pair`` (views a, b) is for subclasses that also keep per-view figures."""
         getattr(self, f"{prefix}pair_count").add_(1)
         if distances is None:
             getattr(self, f"{prefix}failed_pairs").add_(1)
@@ -359,7 +360,7 @@ class ReprojectionError(Metric):
                         self.verify_threshold_px,
                     )
                     enough = len(distances) >= 2 * self.min_matches  # two per match
-                    self._accumulate(prefix, distances if enough else None)
+                    self._accumulate(prefix, distances if enough else None, (i, j))
 
     def compute(self) -> dict[str, Tensor]:
         results = {}
