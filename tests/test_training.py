@@ -46,7 +46,9 @@ def test_tiny_run_trains_checkpoints_and_logs_offline(compose_config, tmp_path: 
         "train/grad_norm",
         "train/lr",
         "val/psnr",
-        "train/samples_per_sec",
+        # Lightning's ThroughputMonitor (issue #17): subjects and views per second
+        "train/device/samples_per_sec",
+        "train/device/items_per_sec",
     } <= logged
     assert {"val/ssim", "val/ssim_view0", "val/psnr_view0"} <= logged
 
