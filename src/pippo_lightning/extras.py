@@ -26,6 +26,7 @@ OPTIONAL_MODULES: dict[str, tuple[str, str]] = {
     "hydra_plugins.hydra_optuna_sweeper": ("hydra-optuna-sweeper", "sweep"),
     "tensorboard": ("tensorboard", "tensorboard"),
     "matplotlib": ("matplotlib", "plots"),
+    "skimage": ("scikit-image", "photo"),
 }
 
 
