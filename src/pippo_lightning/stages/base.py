@@ -397,7 +397,9 @@ class PippoStage(L.LightningModule):
     def loss_sync_step(self) -> bool:
         """Whether this step's `train/loss` is all-reduced: when the loggers record it (every
         `log_every_n_steps`) and on the last step (the final metric a sweep reads)."""
-        trainer = self.trainer
+        trainer = self._trainer
+        if trainer is None:  # a step run by hand (tests, notebooks): nothing to sync with
+            return False
         step = trainer.global_step + 1  # the step this batch completes
         every = max(int(trainer.log_every_n_steps), 1)
         max_steps = trainer.max_steps
