@@ -66,9 +66,8 @@ test-all: $(STAMP) ## run every test, slow ones included
 test-faults: $(STAMP) ## fault injection: corrupt and code-running checkpoints, sharded resume, disk full, NaN (DDP too), SIGTERM/SIGUSR1 + SLURM requeue, kill + resume, malformed configs (slow ones included)
 	$(PY) -m pytest -q tests/test_faults.py tests/test_resume.py tests/test_preflight.py tests/test_preemption.py tests/test_sharded_resume.py tests/test_safe_loading.py $(ARGS)
 
-lint: $(STAMP) ## ruff lint + format check, import layers (lint-imports), no source file over 400 lines
-	$(VENV)/bin/ruff check src tests scripts
-	$(VENV)/bin/ruff format --check src tests scripts
+lint: $(STAMP) ## the pre-commit hooks on every file (ruff lint + format check, yaml, end of file, whitespace), import layers (lint-imports), no source file over 400 lines
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pre-commit run --all-files
 	PYTHONPATH=src $(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests/test_layout.py
 

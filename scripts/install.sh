@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install pippo_lightning with its dev tools.
+# Create .venv and install pippo_lightning with every extra ([all]) and its dev tools ([dev]).
 #
 # PyTorch is chosen for the machine: with an NVIDIA GPU (nvidia-smi works) pip takes the default
 # torch build (CUDA); without one it takes the CPU build pinned in TORCH_CPU_SPEC, so a CPU-only
@@ -33,6 +33,6 @@ else
   fi
 fi
 
-echo "[install] installing pippo_lightning (editable) with dev extras"
-"${PIP[@]}" -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+echo "[install] installing pippo_lightning (editable) with every extra and the dev tools"
+"${PIP[@]}" -e ".[all,dev]" 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -c "import pippo_lightning, torch; print('[install] ok: torch', torch.__version__)"

@@ -34,6 +34,7 @@ TINY_RUN = [
     "stage.sampling.num_steps=2",
     "stage.validation.sample_batches=1",
     "stage.optimizer.warmup_steps=2",
+    "callbacks.throughput.window_size=2",
 ]
 
 

@@ -430,5 +430,5 @@ def test_tensorboard_logger_writes_the_runs_scalars(
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    assert {"train/loss", "val/loss", "lr"} <= scalars
+    assert {"train/loss", "val/loss", "train/lr"} <= scalars
     assert [e.step for e in events.Scalars("train/loss")] == [0, 1, 2, 3]

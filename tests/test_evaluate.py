@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -97,6 +98,13 @@ def test_eval_entry_point_writes_report_and_logs_to_wandb(
     markdown = (out / "report.md").read_text()
     assert "reprojection error, % of max(H, W)" in markdown and "PSNR" in markdown
     assert (out / "samples" / "batch_0000.png").is_file()
+    # issue #17: RE against azimuth, PSNR against view index, report.html beside the numbers
+    assert len(report["per_view"]["azimuth_deg"]) == 24
+    assert len(report["per_view"]["gt_reprojection_error_pct"]) == 24
+    assert (out / "plots" / "re_vs_azimuth.png").is_file()
+    assert (out / "plots" / "psnr_vs_view.png").is_file()
+    page = (out / "report.html").read_text()
+    assert 'src="plots/re_vs_azimuth.png"' in page and 'src="samples/batch_0000.png"' in page
 
     run = offline_run_with(out, "eval/psnr")
     assert run.summary["eval/psnr"] == pytest.approx(m["psnr"])
@@ -105,6 +113,31 @@ def test_eval_entry_point_writes_report_and_logs_to_wandb(
     )
     logged = set().union(*(row.keys() for row in run.rows))
     assert {"eval/psnr", "eval/ssim", "eval/per_subject/_type", "eval/samples/_type"} <= logged
+    charts = {"eval/re_vs_azimuth_table", "eval/psnr_vs_view_table", "eval/plots/psnr_vs_view"}
+    assert {f"{key}/_type" for key in charts} <= logged, sorted(logged)
+    # issue #17: written into the training run (resumed by the id its checkpoint recorded),
+    # whose own config is kept; the evaluation's goes beside it
+    training = read_offline_run(trained.run_dir)
+    assert run.run_id == training.run_id
+    assert "eval_config" in run.config and "config" not in run.config
+
+
+def test_eval_links_to_the_training_run_as_configured(trained: TinyRun):
+    from omegaconf import OmegaConf
+
+    from pippo_lightning.callbacks.tracking import link_eval_to_training_run
+
+    training_id = read_offline_run(trained.run_dir).run_id
+    logger = {"wandb": {"name": "eval_val", "group": "g", "job_type": "eval", "tags": ["eval"]}}
+    for link, expected in (("resume", training_id), ("lineage", training_id), ("none", None)):
+        cfg = OmegaConf.create({"wandb_link": link, "logger": logger})
+        assert link_eval_to_training_run(cfg, trained.checkpoint) == expected
+        wandb_cfg = cfg.logger.wandb
+        if link == "resume":  # nothing that would rename, regroup or retag the training run
+            assert wandb_cfg.run_id == training_id and wandb_cfg.resume == "allow"
+            assert wandb_cfg.name is wandb_cfg.group is wandb_cfg.tags is None
+        else:
+            assert "run_id" not in wandb_cfg and wandb_cfg.name == "eval_val"
 
 
 def test_eval_missing_checkpoint_is_one_error_line(
@@ -202,22 +235,30 @@ def test_video_callback_failures_are_warnings_not_crashes(tmp_path: Path, monkey
     callback = TurntableVideoLogger(tmp_path / "videos", max_samples=2)
     with caplog.at_level(logging.WARNING):
         _feed(callback, _fake_trainer())
+        assert callback.flush()
     assert "disk full" in caplog.text and callback.last_videos == []
 
 
-def test_video_callback_gives_up_on_a_hung_encoder(tmp_path: Path, monkeypatch, caplog):
-    monkeypatch.setattr(media, "write_video", lambda *a, **k: time.sleep(5))
+def test_video_encoding_never_blocks_the_training_loop(tmp_path: Path, monkeypatch, caplog):
+    release = threading.Event()
+    monkeypatch.setattr(media, "write_video", lambda *a, **k: release.wait(10))
     callback = TurntableVideoLogger(tmp_path / "videos", timeout_s=0.2)
     start = time.perf_counter()
     with caplog.at_level(logging.WARNING):
-        _feed(callback, _fake_trainer())
-    assert time.perf_counter() - start < 2.0
+        _feed(callback, _fake_trainer())  # validation ends while the encoder is still busy
+        assert time.perf_counter() - start < 0.15 < callback.timeout_s
+        _feed(callback, _fake_trainer())  # the next validation does not queue behind it
+        assert "still encoding" in caplog.text
+        assert time.perf_counter() - start < 0.15
+        assert not callback.flush()  # the end of fit gives up on a hung encoder after timeout_s
     assert "skipped" in caplog.text
+    release.set()
 
 
 def test_video_callback_writes_one_clip_per_sample_on_rank_zero_only(tmp_path: Path):
     callback = TurntableVideoLogger(tmp_path / "videos", max_samples=2, format="gif")
     _feed(callback, _fake_trainer())
+    assert callback.flush()
     assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == [
         "val_step0000007_sample0.gif",
         "val_step0000007_sample1.gif",
@@ -226,4 +267,5 @@ def test_video_callback_writes_one_clip_per_sample_on_rank_zero_only(tmp_path: P
     trainer = _fake_trainer()
     trainer.is_global_zero = False
     _feed(other_rank, trainer)
+    assert other_rank.flush()
     assert not (tmp_path / "rank1").exists()

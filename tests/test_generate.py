@@ -295,6 +295,7 @@ def test_generate_entry_point_runs_bump_cfg_from_a_camera_file(
         f"hydra.run.dir={out}",
     )
     monkeypatch.setattr(sys, "argv", ["pippo-generate", *argv])
+    monkeypatch.setenv("PIPPO_PROGRESS", "1")  # bars show on terminals only (issue #17)
     generate_main()
     printed = capsys.readouterr().out
     assert "3 in one sequence" in printed and "peak memory" in printed

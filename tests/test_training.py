@@ -41,7 +41,15 @@ def test_tiny_run_trains_checkpoints_and_logs_offline(compose_config, tmp_path: 
     history = read_offline_run(run_dir)
     assert history.config["config"]["model"]["size"] == "micro"
     logged = set().union(*(row.keys() for row in history.rows))
-    assert {"train/loss", "train/grad_norm", "lr", "val/psnr", "train/samples_per_sec"} <= logged
+    assert {
+        "train/loss",
+        "train/grad_norm",
+        "train/lr",
+        "val/psnr",
+        # Lightning's ThroughputMonitor (issue #17): subjects and views per second
+        "train/device/samples_per_sec",
+        "train/device/items_per_sec",
+    } <= logged
     assert {"val/ssim", "val/ssim_view0", "val/psnr_view0"} <= logged
 
     # The checkpoint restores a stage whose predictions equal the trained one's exactly.

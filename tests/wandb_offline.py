@@ -24,13 +24,17 @@ _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 
 @dataclass
 class OfflineRun:
-    """What an offline W&B run recorded: id, config, history rows and the final summary."""
+    """What an offline W&B run recorded: id, config, history rows, the final summary, and the
+    group, job type and tags it was started with."""
 
     run_id: str
     config: dict[str, Any] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    group: str = ""
+    job_type: str = ""
+    tags: list[str] = field(default_factory=list)
 
 
 def _log_records(data: bytes) -> list[bytes]:
@@ -87,6 +91,8 @@ def read_offline_run(path: str | Path) -> OfflineRun:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run.run_id = record.run.run_id
+            run.group, run.job_type = record.run.run_group, record.run.job_type
+            run.tags = list(record.run.tags)
             run.config.update(_items(record.run.config.update))
         elif kind == "config":
             run.config.update(_items(record.config.update))

@@ -8,6 +8,9 @@ from typing import Any, Literal
 
 from lightning.pytorch.loggers import WandbLogger
 
+from pippo_lightning.callbacks.tracking import resolve_log_model
+from pippo_lightning.extras import require
+
 WandbMode = Literal["auto", "online", "offline", "disabled"]
 
 
@@ -41,13 +44,16 @@ def wandb_logger(
     mode: WandbMode = "auto",
     run_id: str | None = None,
     tags: list[str] | None = None,
+    log_model: bool | str = "auto",
     **kwargs: Any,
 ) -> WandbLogger:
     """A WandbLogger whose files land under `save_dir` and which never asks for a login.
 
     Offline runs are written to `<save_dir>/wandb/offline-run-*` and can be uploaded later
-    with `wandb sync <that dir>`.
+    with `wandb sync <that dir>`. ``log_model`` `auto`: checkpoints are logged as artifacts
+    (aliases `latest`, `best`) when online (pippo_lightning.callbacks.tracking.resolve_log_model).
     """
+    require("wandb", "logger=wandb")
     resolved = resolve_wandb_mode(mode)
     if resolved not in {"online", "offline", "disabled"}:
         raise ValueError(
@@ -64,5 +70,14 @@ def wandb_logger(
         offline=resolved == "offline",
         mode=resolved,
         tags=list(tags) if tags else None,
+        log_model=resolve_log_model(log_model, resolved),
         **kwargs,
     )
+
+
+def tensorboard_logger(save_dir: str | Path, name: str = "tensorboard", **kwargs: Any) -> Any:
+    """Lightning's TensorBoardLogger, or one error naming the `tensorboard` extra if absent."""
+    require("tensorboard", "logger=tensorboard")
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return TensorBoardLogger(save_dir=str(save_dir), name=name, **kwargs)

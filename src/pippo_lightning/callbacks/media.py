@@ -112,8 +112,9 @@ class TurntableVideoLogger(L.Callback):
     ``output_dir/val_step<step>_sample<i>.mp4`` (GIF where no mp4 writer is installed) and to
     every W&B logger as ``key``.
 
-    Only rank 0 works. Nothing here may stop or stall training: encoding runs in a daemon
-    thread that is given ``timeout_s`` (after that the video is skipped with a warning), and
+    Only rank 0 works. Nothing here may stop or stall training: encoding and upload run in a
+    daemon thread while training goes on (a validation that finds the previous video still
+    encoding drops its own), the end of fit waits for the last one at most ``timeout_s``, and
     every failure — encoding, disk, W&B — becomes a warning.
     """
 
@@ -136,6 +137,7 @@ class TurntableVideoLogger(L.Callback):
         self.max_samples, self.timeout_s = max_samples, timeout_s
         self._clips: list[np.ndarray] = []  # uint8 [NV, H, W, 3] per sample
         self.last_videos: list[VideoFile] = []
+        self._pending: threading.Event | None = None  # set when the last encoding has finished
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._clips = []
@@ -158,20 +160,53 @@ class TurntableVideoLogger(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking or not self._clips:
             return
-        try:
-            self._publish(trainer, trainer.global_step)
-        except Exception as err:  # media must never crash training
-            log.warning("turntable video skipped: %s: %s", type(err).__name__, err)
-        finally:
-            self._clips = []
+        clips, self._clips = self._clips, []
+        step = trainer.global_step
+        if self._pending is not None and not self._pending.is_set():
+            # never queue up behind a slow encoder: this validation's video is dropped instead
+            log.warning(
+                "turntable video of step %d skipped: the previous one is still encoding", step
+            )
+            return
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        done = threading.Event()
 
-    def _publish(self, trainer: L.Trainer, step: int) -> None:
-        videos = self._encode_with_timeout(step)
+        def work() -> None:
+            try:
+                self._publish(loggers, clips, step)
+            except Exception as err:  # media must never crash training
+                log.warning("turntable video skipped: %s: %s", type(err).__name__, err)
+            finally:
+                done.set()
+
+        # encoding runs beside training: the loop goes on at once (issue #17)
+        self._pending = done
+        threading.Thread(target=work, name="turntable-video", daemon=True).start()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the last video reaches W&B before the run is closed, or is given up after timeout_s
+        self.flush()
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait (at most ``timeout_s``, default the callback's) for the video being encoded;
+        True when nothing is left running. An encoder that hangs is abandoned, not awaited."""
+        pending = self._pending
+        if pending is None or pending.wait(self.timeout_s if timeout_s is None else timeout_s):
+            return True
+        log.warning("turntable video encoding took over %.0f s; skipped", self.timeout_s)
+        return False
+
+    def _publish(self, loggers: list[WandbLogger], clips: list[np.ndarray], step: int) -> None:
+        videos = [
+            write_video(
+                self.output_dir / f"val_step{step:07d}_sample{i}", frames, self.fps, self.format
+            )
+            for i, frames in enumerate(clips)
+        ]
         self.last_videos = videos
         for video in videos:
             if video.fallback_reason:
                 log.info("turntable video written as GIF: %s", video.fallback_reason)
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if not videos or not loggers:
             return
         captions = [f"sample {i}: generated views, {self.fps:g} fps" for i in range(len(videos))]
@@ -182,27 +217,3 @@ class TurntableVideoLogger(L.Callback):
                 )
             except Exception as err:  # an upload problem is reported, never raised
                 log.warning("could not log the turntable video to W&B: %s", err)
-
-    def _encode_with_timeout(self, step: int) -> list[VideoFile]:
-        """Encode every clip in a daemon thread; an encoder that hangs is abandoned, not awaited."""
-        result: list[VideoFile] = []
-        errors: list[BaseException] = []
-        clips = list(self._clips)
-
-        def work() -> None:
-            try:
-                for i, frames in enumerate(clips):
-                    stem = self.output_dir / f"val_step{step:07d}_sample{i}"
-                    result.append(write_video(stem, frames, self.fps, self.format))
-            except BaseException as err:  # handed to the main thread as a warning
-                errors.append(err)
-
-        thread = threading.Thread(target=work, name="turntable-video", daemon=True)
-        thread.start()
-        thread.join(self.timeout_s)
-        if thread.is_alive():
-            log.warning("turntable video encoding took over %.0f s; skipped", self.timeout_s)
-            return []
-        if errors:
-            raise errors[0]
-        return result

@@ -63,6 +63,21 @@ class NonFiniteError(PippoError):
     """Too many consecutive training steps had a NaN/Inf loss or gradient."""
 
 
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """True when no tensor holds a NaN/Inf: the per-tensor checks stay on the device and are
+    combined there, so a step costs one host sync, not one per parameter."""
+    if not tensors:
+        return True
+    flags = [torch.isfinite(t).all() for t in tensors]  # 0-dim bool tensors, on their device
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for flag in flags:
+        by_device.setdefault(flag.device, []).append(flag)
+    verdicts = [torch.stack(group).all() for group in by_device.values()]
+    return bool(
+        torch.stack([v.cpu() for v in verdicts]).all() if len(verdicts) > 1 else verdicts[0]
+    )
+
+
 class NonFiniteGuard(L.Callback):
     """Skip optimizer steps whose gradients (hence loss) are not finite; abort after
     `max_consecutive` such steps in a row, writing the offending batches' indices to
@@ -98,7 +113,7 @@ class NonFiniteGuard(L.Callback):
         # sharded (FSDP2) gradients are DTensors: each rank checks its own shard, the reduce
         # below combines the verdicts
         local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
-        finite = all(bool(torch.isfinite(g).all()) for g in local)
+        finite = all_finite(local)
         # every rank must decide the same: a rank that skips while another steps would desync
         bad = trainer.strategy.reduce_boolean_decision(not finite, all=False)
         if not bad:

@@ -60,6 +60,7 @@ from pippo_lightning.captures.sample import (
 from pippo_lightning.captures.subjects import find_subjects, split_subjects
 from pippo_lightning.captures.writers import SplitWriter, split_writers
 from pippo_lightning.checkpoints.atomic import atomic_directory
+from pippo_lightning.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def prepare(
     used: dict[str, dict[str, Any]] = {}
     with atomic_directory(out, overwrite=overwrite) as staging:
         writers = split_writers(staging, config.format, config.shard_size)
-        for subject, directory in subjects.items():
+        for subject, directory in track(subjects.items(), "pippo-data prepare", len(subjects)):
             split = report.subjects[subject]
             used[subject] = _prepare_subject(
                 subject,

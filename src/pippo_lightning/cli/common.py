@@ -16,6 +16,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pippo_lightning.callbacks.tracking import hydra_choice
 from pippo_lightning.compressors.base import CompressorLoadError
 from pippo_lightning.data.schema import SampleError
 from pippo_lightning.errors import PippoError
@@ -46,6 +47,8 @@ def run_stamp() -> str:
 
 
 OmegaConf.register_new_resolver("run_stamp", run_stamp, replace=True)
+# `${hydra_choice:experiment}`: the W&B group (configs/logger/wandb.yaml)
+OmegaConf.register_new_resolver("hydra_choice", hydra_choice, replace=True)
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     PippoError,

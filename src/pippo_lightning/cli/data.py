@@ -17,6 +17,7 @@ from typing import Any
 
 from pippo_lightning.cli.common import run_subcommand
 from pippo_lightning.errors import PippoError
+from pippo_lightning.extras import require
 
 log = logging.getLogger("pippo_lightning.data")
 
@@ -40,6 +41,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    require("cv2", "pippo-data prepare")
     from pippo_lightning.captures.capture import Conventions
     from pippo_lightning.captures.prepare import prepare
     from pippo_lightning.captures.sample import PrepareConfig

@@ -26,6 +26,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from pippo_lightning.callbacks.images import view_grid, write_image_atomic
+from pippo_lightning.callbacks.tracking import (
+    announce_runs,
+    link_eval_to_training_run,
+    use_training_model_artifact,
+)
 from pippo_lightning.checkpoints.reading import checkpoint_step
 from pippo_lightning.cli.common import (
     CONFIG_DIR,
@@ -43,9 +48,12 @@ from pippo_lightning.inference.pipeline import (
     sampling_config,
     with_seed,
 )
+from pippo_lightning.metrics.eval_figures import eval_plots, log_eval_plots, write_html_report
 from pippo_lightning.metrics.image import ImageMetrics, per_view_psnr, per_view_ssim
+from pippo_lightning.metrics.per_view import PerViewReprojectionError
 from pippo_lightning.metrics.report import format_value, metrics_table
 from pippo_lightning.metrics.reprojection import ReprojectionError, reprojection_log_name
+from pippo_lightning.progress import track
 from pippo_lightning.stages.base import PippoStage
 from pippo_lightning.stages.config import ConfigError, SamplingConfig
 
@@ -84,8 +92,12 @@ def evaluate(cfg: DictConfig) -> EvalResult:
     reprojection: ReprojectionError = hydra.utils.instantiate(cfg.reprojection)
     images = ImageMetrics(lpips=cfg.lpips)
     rows, grids = [], []
-    for batch_idx, batch in enumerate(loader):
+    batches = track(enumerate(loader), "pippo-eval", len(loader))
+    azimuths: list[float] = []  # of the first subject's views: the x axis of RE vs azimuth
+    for batch_idx, batch in batches:
         target = batch["images"]  # [B, NV, 3, H, W] ground truth
+        if batch_idx == 0:
+            azimuths = [float(a) for a in batch["azimuth_deg"][0]]
         per_batch: ReprojectionError = hydra.utils.instantiate(cfg.reprojection)
         row: dict[str, Any] = {"subjects": [int(i) for i in batch["index"]]}
         if stage is None:
@@ -114,10 +126,17 @@ def evaluate(cfg: DictConfig) -> EvalResult:
     report["compressor"] = compressor
     report["seconds"] = time.perf_counter() - start
     report["device"] = str(device)
+    if isinstance(reprojection, PerViewReprojectionError):
+        report["per_view"].update(reprojection.per_view(report["data"]["views_per_subject"]))
+    if azimuths:
+        report["per_view"]["azimuth_deg"] = azimuths
     json_path, md_path = write_report(out, report)
-    log_report(cfg, report, grids)
+    # issue #17: plots where people look (PNGs, W&B charts) and report.html beside the numbers
+    figures = eval_plots(report, out)
+    html_path = write_html_report(report, out, figures, grids)
+    log_report(cfg, report, grids, figures)
     print(markdown_report(report))
-    print(f"written: {json_path} and {md_path}")
+    print(f"written: {json_path}, {md_path} and {html_path}")
     return EvalResult(report, out, json_path, md_path, grids)
 
 
@@ -247,13 +266,26 @@ def markdown_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def log_report(cfg: DictConfig, report: dict[str, Any], grids: list[Path]) -> None:
+def log_report(
+    cfg: DictConfig,
+    report: dict[str, Any],
+    grids: list[Path],
+    figures: dict[str, Path] | None = None,
+) -> None:
     """Figures to every configured logger: scalars, a per-subject table and summary on W&B."""
+    # issue #17: into the training run (resumed by id) or linked to it, not an unrelated run
+    training_run = link_eval_to_training_run(cfg, report.get("checkpoint"))
+    resumed = training_run is not None and cfg.get("wandb_link", "resume") == "resume"
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
     scalars = {f"eval/{k}": v for k, v in report["metrics"].items() if v is not None}
     step = report["global_step"] or 0
     for logger in loggers:
-        logger.log_hyperparams({"config": resolved_config(cfg)})
+        # a resumed training run keeps its own config; the evaluation's goes beside it
+        logger.log_hyperparams({"eval_config" if resumed else "config": resolved_config(cfg)})
+    announce_runs(loggers)
+    if training_run is not None and not resumed:
+        use_training_model_artifact(loggers, training_run)
+    for logger in loggers:
         logger.log_metrics(scalars, step=step)
         if isinstance(logger, WandbLogger):
             columns = sorted({k for row in report["per_subject"] for k in row})
@@ -269,6 +301,7 @@ def log_report(cfg: DictConfig, report: dict[str, Any], grids: list[Path]) -> No
                     step=step,
                     caption=["reference | generated | ground truth"],
                 )
+            log_eval_plots(logger, report, figures or {}, step)
             logger.experiment.summary.update(scalars)
             logger.experiment.finish()
         else:

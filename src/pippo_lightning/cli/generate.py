@@ -32,6 +32,7 @@ from pippo_lightning.geometry.orbit import (
 from pippo_lightning.inference.device import autocast, peak_memory_mb, pick_device, synchronize
 from pippo_lightning.inference.loading import compressor_config
 from pippo_lightning.inference.photo import AnchorPose, PhotoError, prepare_photo, read_photo
+from pippo_lightning.inference.photo_framing import FramedPhoto, frame_for_config
 from pippo_lightning.inference.pipeline import (
     CheckpointError,
     batch_to,
@@ -64,6 +65,7 @@ class GenerateResult:
     memory_kind: str  # "cuda_max_allocated" or "process_max_rss"
     device: str
     compressor_source: str  # the training run's saved config, or "config"
+    framing: dict[str, Any] | None = None  # the face found and the crop taken (framing=face)
 
 
 def required(cfg: DictConfig, key: str, error: type[Exception], hint: str) -> Any:
@@ -103,12 +105,17 @@ def orbit_cameras(cfg: DictConfig, num_views: int, resolution: int) -> Cameras:
 
 
 def build_inputs(
-    cfg: DictConfig, stage: PippoStage, photo: torch.Tensor
+    cfg: DictConfig, stage: PippoStage, photo: torch.Tensor, framed: FramedPhoto | None = None
 ) -> tuple[dict[str, Any], Cameras, int]:
     """The stage batch for ``photo`` and the configured cameras; also the cameras and the
     number of reference views (2 when the stage takes a face crop)."""
     resolution = stage.image_size
-    ref_image = prepare_photo(photo, resolution, cfg.crop_box)
+    # issue #17: a face-framed crop of an ordinary photo (photo_framing), else crop_box / centre
+    ref_image = (
+        prepare_photo(photo, resolution, cfg.crop_box)
+        if framed is None
+        else prepare_photo(framed.image, resolution)
+    )
     face_crop = None
     if getattr(stage, "use_face_crop", False):
         if cfg.get("face_crop_box") is None:
@@ -152,6 +159,7 @@ def generate(cfg: DictConfig) -> GenerateResult:
     # Photo and cameras are checked before the (slow) model load so bad input fails at once.
     photo = read_photo(required(cfg, "photo", PhotoError, "/path/to/photo.jpg"), cfg.background)
     check_orbit(cfg)
+    framed = frame_for_config(cfg, photo)
     device = pick_device(cfg.device)
     # hf://owner/name: pull first, so the run's compressor config next to it is found
     ckpt = str(resolve_checkpoint(ckpt))
@@ -160,7 +168,7 @@ def generate(cfg: DictConfig) -> GenerateResult:
     stage = load_stage(ckpt, hydra.utils.instantiate(compressor_node), stage_class).to(device)
     require_posed_views(stage, ckpt)
 
-    batch, cameras, num_refs = build_inputs(cfg, stage, photo)
+    batch, cameras, num_refs = build_inputs(cfg, stage, photo, framed)
     batch = batch_to(batch, device)
     sampling = sampling_config(stage, OmegaConf.to_container(cfg.sampling, resolve=True))
     sampler: SamplerFactory = hydra.utils.instantiate(cfg.sampler)
@@ -186,6 +194,9 @@ def generate(cfg: DictConfig) -> GenerateResult:
         memory_kind="cuda_max_allocated" if device.type == "cuda" else "process_max_rss",
         device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         compressor_source=compressor_source,
+        framing=None
+        if framed is None
+        else {"face_box": list(framed.face_box or ()), "crop_box": list(framed.crop_box)},
     )
     compressor_info = {
         "source": compressor_source,
@@ -246,6 +257,7 @@ def write_summary(
         "grid": str(result.grid),
         "video": str(result.video.path),
         "video_fallback_reason": result.video.fallback_reason,
+        "framing": result.framing,
     }
     (result.output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 

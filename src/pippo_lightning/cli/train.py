@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, open_dict
 
 from pippo_lightning.callbacks.preemption import exit_if_preempted
 from pippo_lightning.callbacks.resume import prepare_resume, reliability_plugins
+from pippo_lightning.callbacks.tracking import announce_runs
 from pippo_lightning.checkpoints.loading import allowed_checkpoint_globals, refusal
 from pippo_lightning.cli.common import (
     CONFIG_DIR,
@@ -27,6 +29,7 @@ from pippo_lightning.cli.common import (
     instantiate_group,
     resolved_config,
 )
+from pippo_lightning.cli.run_setup import apply_extras, require_plugins
 from pippo_lightning.sharing.artifacts import log_artifacts_if_enabled
 from pippo_lightning.stages.config import ConfigError
 from pippo_lightning.stages.precision import resolve_precision
@@ -51,8 +54,10 @@ def train(cfg: DictConfig) -> TrainResult:
     # or trainer exist
     validate_run_config(cfg)
     resolve_trainer_precision(cfg)
-    L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    # issue #17: the config tree, tags, known warnings silenced (cli/run_setup.py)
+    apply_extras(cfg, output_dir)
+    L.seed_everything(cfg.seed, workers=True)
 
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     compressor = hydra.utils.instantiate(cfg.compressor)
@@ -72,6 +77,8 @@ def train(cfg: DictConfig) -> TrainResult:
     counts = stage.parameter_counts()
     for logger in trainer.loggers:
         logger.log_hyperparams({"config": resolved_config(cfg), "parameters": counts})
+    if trainer.is_global_zero:
+        announce_runs(trainer.loggers)  # the run's URL, or its offline dir + `wandb sync`
     log.info("parameters: %s", ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()))
 
     try:
@@ -194,6 +201,7 @@ def _main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    require_plugins(sys.argv[1:])
     check_overrides("train")
     install_ddp_child_command()
     _main()

@@ -35,6 +35,7 @@ from pippo_lightning.data.preparation import pixels_at, prepare_sample, sample_c
 from pippo_lightning.data.shards import INDEX_FILE, ShardReader, ShardWriter
 from pippo_lightning.data.sources import SampleSource, has_samples, open_source
 from pippo_lightning.errors import PippoError
+from pippo_lightning.progress import track
 
 if TYPE_CHECKING:
     from pippo_lightning.compressors.base import Compressor
@@ -242,7 +243,7 @@ def _encode_split(
     device = _module_device(compressor)
     latent_shape: list[int] = []
     names = source.names()
-    for index in range(len(source)):
+    for index in track(range(len(source)), f"caching latents ({out.name})"):
         sample = prepare_sample(source.read(index), source.describe(index))
         cams = sample_cameras(sample)
         views = pixels_at(

@@ -38,6 +38,7 @@ from pippo_lightning.data.schema import (
     with_reference_camera,
 )
 from pippo_lightning.data.shards import INDEX_FILE, ShardReader
+from pippo_lightning.progress import track
 
 
 @dataclass
@@ -89,9 +90,11 @@ def validate_path(paths: str | Path | Sequence[str | Path], jobs: int = 1) -> Re
     report.files += len({u.path for u in units})
     if jobs > 1 and len(units) > 1:
         with ProcessPoolExecutor(jobs) as pool:
-            results = list(pool.map(_check_unit, units, chunksize=8))
+            results = list(
+                track(pool.map(_check_unit, units, chunksize=8), "pippo-data validate", len(units))
+            )
     else:
-        results = [_check_unit(unit) for unit in units]
+        results = [_check_unit(unit) for unit in track(units, "pippo-data validate")]
     for count, problems in results:
         report.samples += count
         report.problems += problems

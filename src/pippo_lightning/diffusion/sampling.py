@@ -17,7 +17,6 @@ from typing import ClassVar, Protocol
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from pippo_lightning.diffusion.guidance import (
     GuidanceScale,
@@ -26,6 +25,7 @@ from pippo_lightning.diffusion.guidance import (
     guidance_enabled,
 )
 from pippo_lightning.diffusion.schedules import NoiseSchedule
+from pippo_lightning.progress import track
 
 
 class Denoiser(Protocol):
@@ -145,7 +145,8 @@ class Sampler(ABC):
         guidance = scale if guidance_enabled(scale) else None
         self.begin()
         steps: Iterable[tuple[int, Tensor]] = enumerate(self.timesteps)
-        steps = tqdm(steps, total=len(self.timesteps), desc=self.name, disable=not progress)
+        if progress:
+            steps = track(steps, self.name, total=len(self.timesteps))
         x_t = noise
         for index, t in steps:
             model_output = self.guided_output(denoiser, x_t, batch_timesteps(t, noise), guidance)

@@ -26,6 +26,7 @@ from pippo_lightning.geometry.orbit import Cameras
 from pippo_lightning.geometry.plucker import plucker_rays
 from pippo_lightning.inference.photo import AnchorPose, anchor_images
 from pippo_lightning.models.pippo import Pippo
+from pippo_lightning.progress import progress_bar, progress_enabled
 from pippo_lightning.stages.base import Batch, PippoStage
 from pippo_lightning.stages.config import SamplingConfig, coerce, plain
 from pippo_lightning.stages.post_train import PostTrainStage
@@ -164,30 +165,9 @@ def sampling_progress(
     ``networks`` are all the networks sampling may use (trained and EMA weights): one of them
     runs per step.
     """
-    if not enabled:
-        yield
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn(label),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns) as progress:
-        task = progress.add_task(label, total=num_steps)
-        handles = [
-            network.register_forward_hook(lambda *_: progress.advance(task)) for network in networks
-        ]
+    # quiet where nobody looks (CI, a log file): pippo_lightning.progress
+    with progress_bar(label, num_steps, enabled=enabled and progress_enabled()) as bar:
+        handles = [network.register_forward_hook(lambda *_: bar.advance()) for network in networks]
         try:
             yield
         finally:

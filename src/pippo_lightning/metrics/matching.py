@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from pippo_lightning.checkpoints.loading import load_torch_file
 from pippo_lightning.errors import PippoError
+from pippo_lightning.extras import require
 
 #: Offset from OpenCV/kornia pixel coordinates (centres on integers) to ours (centres on .5).
 PIXEL_CENTER_OFFSET = 0.5
@@ -90,7 +91,8 @@ class SiftMatcher:
         max_features: int = 0,
         contrast_threshold: float = 0.01,
     ) -> None:
-        import cv2  # deferred: OpenCV is only needed when SIFT matching is used
+        # deferred: OpenCV is only needed when SIFT matching is used
+        cv2 = require("cv2", "the SIFT matcher")
 
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"ratio must be in (0, 1], got {ratio}")
@@ -167,6 +169,7 @@ def resolve_weights(spec: str | Path, what: str, allow_download: bool) -> Path:
     if len(parts) < 3:
         raise ValueError(f"{what}: a Hub spec is hf://owner/repo/file, got {spec!r}")
     repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    require("huggingface_hub", f"{what} from {spec}")
     from huggingface_hub import hf_hub_download
 
     try:
@@ -210,6 +213,7 @@ def _modernize_lightglue_keys(state: dict[str, Tensor], n_layers: int) -> dict[s
 
 def build_disk(weights: Path) -> nn.Module:
     """kornia DISK with weights from a state-dict file (bare, or nested under "extractor")."""
+    require("kornia", "the DISK feature extractor")
     from kornia.feature import DISK
 
     disk = DISK()  # random init; constructing it downloads nothing
@@ -223,6 +227,7 @@ def build_lightglue(weights: Path, **config: Any) -> nn.Module:
     ``LightGlue("disk")`` would download its weights in the constructor, so the model is built
     from the DISK configuration with ``features=None`` and loaded here instead.
     """
+    require("kornia", "the LightGlue matcher")
     from kornia.feature import LightGlue
 
     disk_config = {k: v for k, v in LightGlue.features["disk"].items() if k != "weights"}

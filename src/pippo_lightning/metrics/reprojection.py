@@ -2,12 +2,10 @@
 
 For each pair of views: match keypoints, triangulate every match with the *known* cameras
 (DLT), reproject the point into both views and measure the pixel distance to the keypoints.
-Views of one real scene reproject to within matching noise; views that disagree about the
-geometry cannot all be explained by one 3-D point and leave a residual. The metric reports the
-mean over all observations (two per match) in pixels and in % of the image's longer side.
+Views of one scene reproject to within matching noise; views that disagree leave a residual.
+Reported: mean over all observations (two per match), in px and % of the longer side.
 
-Cameras follow OpenCV: K [3, 3] in pixels of the images passed in (pixel centres at +0.5),
-world->camera extrinsics. Nothing here assumes a capture resolution: rescale K with the images.
+Cameras: OpenCV K [3, 3] in pixels of the images passed in, world->camera extrinsics.
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from pippo_lightning.extras import require
 from pippo_lightning.metrics.matching import Matcher, build_matcher
 from pippo_lightning.metrics.triangulation import (
     camera_centers,
@@ -51,7 +50,8 @@ def nearest_camera_pairs(centers: Tensor) -> list[Pair]:
     (a camera may not pick itself); an assignment i -> j and j -> i is one pair. Every camera
     thus appears in at least one pair, and close cameras see enough of the same surface to match.
     """
-    from scipy.optimize import linear_sum_assignment  # deferred: only this strategy needs scipy
+    require("scipy", "pairing cameras by assignment")  # deferred: only this strategy needs it
+    from scipy.optimize import linear_sum_assignment
 
     num_views = len(centers)
     if num_views < 2:
@@ -100,7 +100,7 @@ def essential_inliers(
     cameras keep their matches and still score high. Fewer than
     :data:`MIN_MATCHES_TO_VERIFY` matches are all kept.
     """
-    import cv2  # deferred: the metric's other paths need no OpenCV
+    cv2 = require("cv2", "verifying matches (RE metric)")  # deferred: only verification needs it
 
     num_matches = len(points_a)
     keep_all = torch.ones(num_matches, dtype=torch.bool)
@@ -308,8 +308,9 @@ class ReprojectionError(Metric):
             return nearest_camera_pairs(camera_centers(extrinsics.double()))
         return random_disjoint_pairs(len(extrinsics), self.seed)
 
-    def _accumulate(self, prefix: str, distances: Tensor | None) -> None:
-        """Add one pair's distances (None: the pair failed) to the states named ``prefix``*."""
+    def _accumulate(self, prefix: str, distances: Tensor | None, pair: Pair | None = None) -> None:
+        """Add one pair's distances (None: the pair failed) to the states named ``prefix``*;
+        ``pair`` (views a, b) is for subclasses that also keep per-view figures."""
         getattr(self, f"{prefix}pair_count").add_(1)
         if distances is None:
             getattr(self, f"{prefix}failed_pairs").add_(1)
@@ -355,7 +356,7 @@ class ReprojectionError(Metric):
                         self.verify_threshold_px,
                     )
                     enough = len(distances) >= 2 * self.min_matches  # two per match
-                    self._accumulate(prefix, distances if enough else None)
+                    self._accumulate(prefix, distances if enough else None, (i, j))
 
     def compute(self) -> dict[str, Tensor]:
         results = {}

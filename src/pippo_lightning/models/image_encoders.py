@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pippo_lightning.errors import PippoError
+from pippo_lightning.extras import require
 from pippo_lightning.models.frozen import keep_out_of_checkpoints
 
 # DINOv2 was trained on ImageNet-normalised inputs
@@ -83,6 +84,7 @@ class DINOv2Encoder(ImageEncoder):
         allow_download: bool = False,
     ) -> None:
         super().__init__()
+        require("transformers", "the DINOv2 image encoder")
         from transformers import AutoModel
 
         local = Path(pretrained).expanduser()

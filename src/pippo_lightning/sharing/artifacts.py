@@ -16,6 +16,7 @@ import yaml
 
 from pippo_lightning.checkpoints.loading import load_torch_file
 from pippo_lightning.errors import PippoError
+from pippo_lightning.extras import require
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def log_artifacts(
     """Log a checkpoint (type ``model``) and/or a pippo-eval report (type ``eval-report``) as
     W&B artifacts of the run behind ``target``, each with the resolved config. No W&B run:
     nothing is logged (CSV / no logger configs). Returns the logged artifacts."""
-    import wandb
+    wandb = require("wandb", "logging W&B artifacts")
 
     run = _wandb_run(target)
     if run is None:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from pippo_lightning.checkpoints.atomic import OutputExistsError, atomic_directory
 from pippo_lightning.errors import PippoError
+from pippo_lightning.extras import require
+from pippo_lightning.progress import quiet_hub_bars
 
 SAMPLES_REPO = "yashkant/pippo"
 SAMPLES_FOLDER = "ava_samples"
@@ -64,6 +66,8 @@ def fetch_snapshot(
     repo_id: str = SAMPLES_REPO, folder: str = SAMPLES_FOLDER, revision: str | None = None
 ) -> Path:
     """The dataset's ``folder`` in the Hugging Face cache (HF_HOME); one clear error if not."""
+    require("huggingface_hub", "pippo-data download-samples")
+    quiet_hub_bars()
     from huggingface_hub import snapshot_download
 
     from pippo_lightning.sharing.uris import hub_errors

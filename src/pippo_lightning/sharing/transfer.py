@@ -22,6 +22,8 @@ from pippo_lightning.checkpoints.reading import (
     safe_torch_load,
 )
 from pippo_lightning.errors import PippoError
+from pippo_lightning.extras import require
+from pippo_lightning.progress import quiet_hub_bars
 from pippo_lightning.sharing.bundle import (
     CARD_FILE,
     CONFIG_FILE,
@@ -102,6 +104,8 @@ def push_checkpoint(
 
     The token comes from HF_TOKEN or the stored login, as everywhere in huggingface_hub.
     """
+    require("huggingface_hub", "pippo-hub push")
+    quiet_hub_bars()
     from huggingface_hub import HfApi
 
     if hub_offline():
@@ -123,6 +127,8 @@ def push_checkpoint(
 
 def download_repo(repo_id: str, revision: str | None = None) -> Path:
     """The repo's files in the Hugging Face cache (HF_HOME; works offline once cached)."""
+    require("huggingface_hub", "downloading from the Hugging Face Hub")
+    quiet_hub_bars()
     from huggingface_hub import snapshot_download
 
     with hub_errors("download", repo_id):

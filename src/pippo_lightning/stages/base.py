@@ -287,8 +287,21 @@ class PippoStage(
         t = self.schedule.sample_timesteps(b, generator=rng, device=self.device)
         noise = offset_noise(latents.x0.shape, self.noise_offset, rng, self.device)
         loss = self.diffusion_loss(latents, t, noise, self.sample_condition_drops(b))
-        self.log("train/loss", loss, prog_bar=True, batch_size=b, sync_dist=True)
+        # averaged over ranks only on the steps that reach the loggers (and the last): an
+        # all-reduce on every step would stall each one for a value nobody reads
+        self.log("train/loss", loss, prog_bar=True, batch_size=b, sync_dist=self.loss_sync_step())
         return loss
+
+    def loss_sync_step(self) -> bool:
+        """Whether this step's `train/loss` is all-reduced: when the loggers record it (every
+        `log_every_n_steps`) and on the last step (the final metric a sweep reads)."""
+        trainer = self._trainer
+        if trainer is None:  # a step run by hand (tests, notebooks): nothing to sync with
+            return False
+        step = trainer.global_step + 1  # the step this batch completes
+        every = max(int(trainer.log_every_n_steps), 1)
+        max_steps = trainer.max_steps
+        return step % every == 0 or (max_steps is not None and 0 < max_steps <= step)
 
     def on_fit_start(self) -> None:
         if not self._training_rng_restored:

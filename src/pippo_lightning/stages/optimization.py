@@ -28,7 +28,7 @@ class StageOptimization:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cfg.lr_factor)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
         }
 
     def _fp16_loss_scaling(self) -> bool:

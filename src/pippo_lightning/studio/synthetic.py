@@ -43,6 +43,7 @@ from pippo_lightning.geometry.cameras import (
     look_at,
 )
 from pippo_lightning.geometry.plucker import plucker_rays
+from pippo_lightning.progress import track
 from pippo_lightning.studio.render import render_scene
 from pippo_lightning.studio.scene import Lighting
 from pippo_lightning.studio.subject import Subject, SubjectParams, build_subject
@@ -275,7 +276,7 @@ def _write_studio(config: StudioConfig, root: Path) -> None:
     for split in SPLITS:
         (root / split).mkdir()
         names, seeds = [], []
-        for index in range(counts[split]):
+        for index in track(range(counts[split]), f"rendering the studio ({split})"):
             seed = subject_seed(config.seed, split, index)
             params = SubjectParams.sample(seed, max_body_yaw_deg=config.max_body_yaw_deg)
             sample = render_subject_sample(params, config)
