@@ -7,14 +7,8 @@ Checks, per sample (``.npy`` file or shard entry):
   numbers, pixel values outside [0, 255]; a missing reference camera that ``ref_cam_pose`` does
   not decode to is a warning naming the target camera training stands in for it
   (:func:`~pippo_lightning.data.schema.reference_camera_problem`);
-- cameras: rotations that are not orthonormal or are reflections, homogeneous rows that are not
-  [0, 0, 0, 1], intrinsics with non-positive focal lengths, a principal point outside the image,
-  or values that look normalised by the image size;
-- visibility: the head (``head_center``) behind a camera or projecting outside its image; without
-  a head position, views whose anchor image is empty;
-- consistency (warnings: the original's files may use other layouts): ``cam_pose`` and ``plucker``
-  against the cameras, unit-length head directions and ray directions, images that look like
-  values in [0, 1].
+- cameras, visibility of the head and consistency of the derived entries
+  (:mod:`~pippo_lightning.data.geometry_checks`, whose docstring lists each check).
 
 Errors make the command exit non-zero; warnings do too with ``--strict``."""
 

@@ -21,8 +21,7 @@ from pathlib import Path
 
 from pippo_lightning.checkpoints.atomic import OutputExistsError, atomic_directory
 from pippo_lightning.errors import PippoError
-from pippo_lightning.extras import require
-from pippo_lightning.progress import quiet_hub_bars
+from pippo_lightning.sharing.uris import hub_snapshot
 
 SAMPLES_REPO = "yashkant/pippo"
 SAMPLES_FOLDER = "ava_samples"
@@ -66,21 +65,14 @@ def fetch_snapshot(
     repo_id: str = SAMPLES_REPO, folder: str = SAMPLES_FOLDER, revision: str | None = None
 ) -> Path:
     """The dataset's ``folder`` in the Hugging Face cache (HF_HOME); one clear error if not."""
-    require("huggingface_hub", "pippo-data download-samples")
-    quiet_hub_bars()
-    from huggingface_hub import snapshot_download
-
-    from pippo_lightning.sharing.uris import hub_errors
-
-    with hub_errors("download the samples of", repo_id):
-        return Path(
-            snapshot_download(
-                repo_id=repo_id,
-                repo_type="dataset",
-                revision=revision,
-                allow_patterns=f"{folder}/*",
-            )
-        )
+    return hub_snapshot(
+        repo_id,
+        "dataset",
+        revision,
+        f"{folder}/*",
+        "download the samples of",
+        "pippo-data download-samples",
+    )
 
 
 def _place(source: Path, destination: Path) -> None:

@@ -42,6 +42,7 @@ from pippo_lightning.sharing.uris import (
     hub_cache_root,
     hub_errors,
     hub_offline,
+    hub_snapshot,
     is_hf_uri,
     parse_hf_uri,
 )
@@ -127,19 +128,14 @@ def push_checkpoint(
 
 def download_repo(repo_id: str, revision: str | None = None) -> Path:
     """The repo's files in the Hugging Face cache (HF_HOME; works offline once cached)."""
-    require("huggingface_hub", "downloading from the Hugging Face Hub")
-    quiet_hub_bars()
-    from huggingface_hub import snapshot_download
-
-    with hub_errors("download", repo_id):
-        return Path(
-            snapshot_download(
-                repo_id=repo_id,
-                repo_type="model",
-                revision=revision,
-                allow_patterns=[WEIGHTS_FILE, META_FILE, CONFIG_FILE, REPORT_FILE, CARD_FILE],
-            )
-        )
+    return hub_snapshot(
+        repo_id,
+        "model",
+        revision,
+        [WEIGHTS_FILE, META_FILE, CONFIG_FILE, REPORT_FILE, CARD_FILE],
+        "download",
+        "downloading from the Hugging Face Hub",
+    )
 
 
 def pull_checkpoint(

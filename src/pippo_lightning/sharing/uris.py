@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pippo_lightning.errors import PippoError
+from pippo_lightning.extras import require
+from pippo_lightning.progress import quiet_hub_bars
 
 HF_SCHEME = "hf://"
 
@@ -139,3 +141,29 @@ def hub_cache_root() -> Path:
         return Path(base)
     xdg = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return xdg / "pippo_lightning" / "hub"
+
+
+def hub_snapshot(
+    repo_id: str,
+    repo_type: str,
+    revision: str | None,
+    allow_patterns: str | list[str],
+    action: str,
+    purpose: str,
+) -> Path:
+    """``snapshot_download`` of the allowed files into the Hugging Face cache (HF_HOME; works
+    offline once cached), with one clear error naming ``action`` and ``repo_id`` on failure and
+    the `hub` extra named when huggingface_hub is missing (``purpose``: what needed it)."""
+    require("huggingface_hub", purpose)
+    quiet_hub_bars()
+    from huggingface_hub import snapshot_download
+
+    with hub_errors(action, repo_id):
+        return Path(
+            snapshot_download(
+                repo_id=repo_id,
+                repo_type=repo_type,
+                revision=revision,
+                allow_patterns=allow_patterns,
+            )
+        )
