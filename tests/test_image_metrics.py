@@ -49,6 +49,20 @@ def test_ssim_is_one_for_identical_views_and_lower_for_noise():
     assert (per_view_ssim(views(1), target) < 0.2).all()
 
 
+def test_ssim_inside_a_bf16_autocast_region_is_the_fp32_ssim():
+    # validation steps run inside the trainer's bf16 autocast: SSIM must not follow it
+    smooth = torch.nn.functional.avg_pool2d(views(0, (6, 3, 32, 32)), 5, 1, 2).reshape(
+        2, 3, 3, 32, 32
+    )
+    target = smooth * 0.2 + 0.6  # bright, low-contrast views: bf16 variances cancel to noise
+    noisy = (target + 0.05 * views(1, target.shape)).clamp(-1, 1)
+    reference = per_view_ssim(noisy, target)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = per_view_ssim(noisy, target)
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, reference, atol=1e-5, rtol=0)
+
+
 def test_value_range_zero_one_gives_the_same_scores():
     a, b = views(0), views(1)
     assert torch.allclose(per_view_psnr(a, b), per_view_psnr((a + 1) / 2, (b + 1) / 2, (0, 1)))

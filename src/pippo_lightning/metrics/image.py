@@ -74,9 +74,13 @@ def per_view_psnr(
 def per_view_ssim(
     images: Tensor, target: Tensor, value_range: Sequence[float] = (-1.0, 1.0)
 ) -> Tensor:
-    """SSIM (Gaussian window 11, sigma 1.5) of every view, [B, NV]."""
+    """SSIM (Gaussian window 11, sigma 1.5) of every view, [B, NV]; always in fp32."""
     a, b = _flat_views(images, target, value_range)
-    values = structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")
+    # Called from a validation step, this runs inside the trainer's bf16 autocast, which would
+    # run SSIM's Gaussian-filter convolutions in bf16: its variances (E[x^2] - E[x]^2) then
+    # cancel to noise and SSIM goes negative (-0.46 where fp32 gives ~0.3).
+    with torch.autocast(a.device.type, enabled=False):
+        values = structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")
     return values.reshape(images.shape[:2])
 
 
@@ -177,7 +181,8 @@ class ImageMetrics(Metric):
         assert self._lpips is not None
         a, b = _flat_views(images, target, self.value_range)
         self._lpips.reset()
-        self._lpips.update(a, b)
+        with torch.autocast(a.device.type, enabled=False):  # fp32 like SSIM (per_view_ssim)
+            self._lpips.update(a, b)
         scores = self._lpips.compute().reshape(images.shape[:2])
         self._lpips.reset()
         return scores
