@@ -3,20 +3,31 @@ the argument, the expected and the found shape."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from pippo_lightning.models.pippo import PippoConfig
+
+class InputSpec(Protocol):
+    """What the checks read of the network's config (``PippoConfig`` has all of it)."""
+
+    latent_channels: int
+    latent_size: int
+    use_reference: bool
+    use_cameras: bool
+    camera_features: int
+    use_control: bool
+    control_anchor: bool
+    control_plucker: bool
+
 
 #: Channels of a Plücker ray map (direction, moment).
 PLUCKER_CHANNELS = 6
 
 
 def check_inputs(
-    cfg: PippoConfig,
+    cfg: InputSpec,
     x_t: Tensor,
     t: Tensor,
     ref_latent: Tensor | None,
