@@ -35,6 +35,7 @@ from pippo_lightning.benchmarks.training import (
     stage_train_step,
     to_device,
 )
+from pippo_lightning.inference.device import synchronize
 from pippo_lightning.stages.precision import autocast_for, resolve_precision
 
 #: (name, image size, views, DDIM steps, target seconds)
@@ -44,11 +45,6 @@ SAMPLING_CHECKS = (
     ("p3_1024px_4views_50steps", 1024, 4, 50, 30.0),
 )
 DRY_RUN = {"model": "micro", "scale": 8, "sampling_steps": 2, "train_steps": 2}
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def sampling_check(
