@@ -24,7 +24,8 @@ DIFFUSERS_KIND = {
     "linear": "linear",
     "scaled_linear": "scaled_linear",
 }
-DIFFUSERS_PREDICTION = {"eps": "epsilon", "v": "v_prediction"}
+DIFFUSERS_PREDICTION = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
+PREDICTIONS = list(DIFFUSERS_PREDICTION)
 KINDS = list(DIFFUSERS_KIND)
 BETA_RANGES = [(1e-4, 2e-2), (0.00085, 0.012)]  # DDPM's and Stable Diffusion's
 
@@ -131,7 +132,7 @@ def test_shift_ratio_follows_the_formula() -> None:
     assert torch.all(more_pixels[1:] < base[1:].float())  # larger images get noisier schedules
 
 
-@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_add_noise_target_and_predict_round_trip(prediction: str) -> None:
     # float64 samples, so even t = 999 (sqrt(ᾱ) ~ 5e-5) round-trips tightly.
     schedule = NoiseSchedule(ScheduleConfig(prediction=prediction))
@@ -145,7 +146,7 @@ def test_add_noise_target_and_predict_round_trip(prediction: str) -> None:
     torch.testing.assert_close(eps_hat, noise, rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_add_noise_and_target_match_diffusers(prediction: str) -> None:
     config = ScheduleConfig(prediction=prediction)
     schedule, reference = NoiseSchedule(config), diffusers_ddim(config, 50)
@@ -153,7 +154,8 @@ def test_add_noise_and_target_match_diffusers(prediction: str) -> None:
     t = torch.tensor([0, 10, 500, 999])
     expected_x_t = reference.add_noise(x0, noise, t)
     torch.testing.assert_close(schedule.add_noise(x0, noise, t), expected_x_t, rtol=0, atol=1e-5)
-    expected = noise if prediction == "eps" else reference.get_velocity(x0, noise, t)
+    expected = {"eps": noise, "x0": x0}.get(prediction)
+    expected = reference.get_velocity(x0, noise, t) if expected is None else expected
     torch.testing.assert_close(schedule.training_target(x0, noise, t), expected, rtol=0, atol=1e-5)
 
 
@@ -180,7 +182,7 @@ def test_sample_timesteps_in_range_and_reproducible() -> None:
     ("field", "value"),
     [
         ("kind", "quadratic"),
-        ("prediction", "x0"),
+        ("prediction", "sample"),
         ("num_timesteps", 1),
         ("beta_start", 0.0),
         ("beta_end", 1e-5),
@@ -248,11 +250,15 @@ def test_num_steps_equal_to_t_is_rejected() -> None:
         DDIMSampler(NoiseSchedule(ScheduleConfig()), DDIMConfig(num_steps=T))
 
 
-@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("prediction", PREDICTIONS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_one_ddim_step_matches_diffusers(kind: str, prediction: str) -> None:
     config = ScheduleConfig(kind=kind, prediction=prediction)
     schedule, reference = NoiseSchedule(config), diffusers_ddim(config, 50)
+    if prediction == "x0":
+        # eps = (x_t - sqrt(ᾱ) x0) / sqrt(1 - ᾱ) divides by ~0.015 on the last step, which turns
+        # the float32 rounding between the two ᾱ tables (~6e-8) into ~4e-4: compare the update
+        reference.alphas_cumprod = schedule.alphas_cumprod.clone()
     sampler = DDIMSampler(schedule, DDIMConfig(num_steps=50))
     x_t, output = noise_like((2, 4, 8, 8), 1), noise_like((2, 4, 8, 8), 2)
     for index in (0, 25, 49):  # first, middle, last (whose t_prev < 0)
@@ -382,8 +388,17 @@ def test_clip_x0_matches_diffusers_with_clipped_model_output() -> None:
         ScheduleConfig(prediction="v"),
         ScheduleConfig(kind="scaled_linear", beta_start=0.00085, beta_end=0.012),
         ScheduleConfig(prediction="v", zero_terminal_snr=True, shift_ratio=4.0),
+        ScheduleConfig(prediction="x0"),
+        ScheduleConfig(prediction="x0", zero_terminal_snr=True, shift_ratio=4.0),
     ],
-    ids=["cosine-eps", "cosine-v", "scaled_linear-eps", "zero_snr-shifted-v"],
+    ids=[
+        "cosine-eps",
+        "cosine-v",
+        "scaled_linear-eps",
+        "zero_snr-shifted-v",
+        "cosine-x0",
+        "zero_snr-shifted-x0",
+    ],
 )
 def test_perfect_denoiser_recovers_the_clean_sample(config: ScheduleConfig) -> None:
     schedule = NoiseSchedule(config)

@@ -31,7 +31,7 @@ from tests.test_diffusion import CountingDenoiser
 from tests.test_fidelity_options import make_batch, make_stage
 
 DIFFUSERS_KIND = {"cosine": "squaredcos_cap_v2", "linear": "linear"}
-DIFFUSERS_PREDICTION = {"eps": "epsilon", "v": "v_prediction"}
+DIFFUSERS_PREDICTION = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
 MULTISTEP = {
     "dpmpp_2m": (DPMSolverPlusPlus2MSampler, DPMSolverMultistepScheduler, {"solver_order": 2}),
     "unipc": (UniPCSampler, UniPCMultistepScheduler, {"solver_order": 2, "solver_type": "bh2"}),
@@ -92,8 +92,9 @@ SCHEDULES = [
     ScheduleConfig(kind="linear", prediction="eps"),
     ScheduleConfig(prediction="v", zero_terminal_snr=True),
     ScheduleConfig(prediction="eps", shift_ratio=4.0),
+    ScheduleConfig(prediction="x0"),
 ]
-SCHEDULE_IDS = ["cosine-eps", "cosine-v", "linear-eps", "zero_snr-v", "shifted-eps"]
+SCHEDULE_IDS = ["cosine-eps", "cosine-v", "linear-eps", "zero_snr-v", "shifted-eps", "cosine-x0"]
 
 
 @pytest.mark.parametrize("config", SCHEDULES, ids=SCHEDULE_IDS)

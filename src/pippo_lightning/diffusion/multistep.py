@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 #: our parameterisation names → diffusers'
-DIFFUSERS_PREDICTION = {"eps": "epsilon", "v": "v_prediction"}
+DIFFUSERS_PREDICTION = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
 
 
 def schedule_betas(schedule: NoiseSchedule) -> list[float]:

@@ -75,9 +75,11 @@ def clip_model_output(
     schedule: NoiseSchedule, x_t: Tensor, model_output: Tensor, t: Tensor, limit: float
 ) -> Tensor:
     """The network output whose predicted x0 is clamped to [-limit, limit], in the network's own
-    parameterisation (eps or v), so a solver that reads eps / v sees the clipped x0."""
+    parameterisation (eps, v or x0), so a solver that reads eps / v sees the clipped x0."""
     x0, _ = schedule.predict_x0_and_eps(x_t, model_output, t)
     x0 = x0.clamp(-limit, limit)
+    if schedule.prediction == "x0":
+        return x0.to(model_output.dtype)
     signal, sigma = schedule.coefficients(t, x_t)
     # Keep the update on the line through x_t and the clamped x0 (as DDIM does).
     eps = (x_t - signal * x0) / sigma

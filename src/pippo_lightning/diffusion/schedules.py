@@ -1,4 +1,4 @@
-"""Discrete DDPM noise schedules: ᾱ_t tables, forward noising, and the eps / v parameterisations.
+"""Discrete DDPM noise schedules: ᾱ_t tables, forward noising, and the eps / v / x0 parameterisations.
 
 Everything is derived from one table, ``alphas_cumprod`` (ᾱ_t, t = 0 … T-1), which is built in
 float64 and stored in float32, so the schedule matches diffusers' ``DDPMScheduler`` for the same
@@ -15,7 +15,11 @@ import torch
 from torch import Tensor, nn
 
 SCHEDULE_KINDS = ("cosine", "linear", "scaled_linear")
-PREDICTIONS = ("eps", "v")
+PREDICTIONS = ("eps", "v", "x0")
+
+# x0 prediction recovers eps as (x_t - sqrt(ᾱ) x0) / sqrt(1 - ᾱ); near t = 0 that divides by
+# ~0.006 (cosine), so the noise level used for the division is floored here.
+MIN_SIGMA_FOR_EPS = 1e-3
 
 # The cosine schedule caps each beta so ᾱ never collapses to exactly zero before t = T-1
 # (Nichol & Dhariwal 2021; diffusers calls this schedule "squaredcos_cap_v2").
@@ -53,11 +57,12 @@ class ScheduleConfig:
             )
         if not self.shift_ratio > 0.0:
             raise ValueError(f"ScheduleConfig.shift_ratio={self.shift_ratio}: must be > 0")
-        if self.zero_terminal_snr and self.prediction != "v":
+        if self.zero_terminal_snr and self.prediction == "eps":
             # With ᾱ_{T-1} = 0 the input carries no signal, so x0 cannot be recovered from an
             # eps prediction there (division by sqrt(ᾱ) = 0); Lin et al. 2024 require v.
             raise ValueError(
                 f"ScheduleConfig.zero_terminal_snr={self.zero_terminal_snr} needs prediction='v' "
+                "or 'x0' "
                 f"(got prediction={self.prediction!r})"
             )
 
@@ -184,9 +189,13 @@ class NoiseSchedule(nn.Module):
         return (signal * x0 + sigma * noise).to(x0.dtype)
 
     def training_target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-        """What the network should output for (x0, noise, t): eps, or v = sqrt(ᾱ) eps - sqrt(1-ᾱ) x0."""
+        """What the network should output for (x0, noise, t): eps, v = sqrt(ᾱ) eps - sqrt(1-ᾱ) x0,
+        or x0 itself (the clean sample: Li & He 2025 find it the one that still learns when a
+        token carries as many values as the network is wide, as with large pixel patches)."""
         if self.prediction == "eps":
             return noise
+        if self.prediction == "x0":
+            return x0
         signal, sigma = self.coefficients(t, x0)
         return (signal * noise - sigma * x0).to(x0.dtype)
 
@@ -198,6 +207,9 @@ class NoiseSchedule(nn.Module):
         if self.prediction == "eps":
             eps = model_output
             x0 = (x_t - sigma * eps) / signal
+        elif self.prediction == "x0":
+            x0 = model_output
+            eps = (x_t - signal * x0) / sigma.clamp(min=MIN_SIGMA_FOR_EPS)
         else:
             # v-prediction stays finite at ᾱ = 0, which is what makes zero terminal SNR usable.
             x0 = signal * x_t - sigma * model_output
