@@ -27,6 +27,8 @@ OPTIONAL_MODULES: dict[str, tuple[str, str]] = {
     "tensorboard": ("tensorboard", "tensorboard"),
     "matplotlib": ("matplotlib", "plots"),
     "skimage": ("scikit-image", "photo"),
+    "rembg": ("rembg", "background"),
+    "onnxruntime": ("onnxruntime", "background"),
 }
 
 

@@ -31,7 +31,8 @@ from pippo_lightning.geometry.orbit import (
 )
 from pippo_lightning.inference.device import autocast, peak_memory_mb, pick_device, synchronize
 from pippo_lightning.inference.loading import compressor_config
-from pippo_lightning.inference.photo import AnchorPose, PhotoError, prepare_photo, read_photo
+from pippo_lightning.inference.photo import AnchorPose, PhotoError, prepare_photo
+from pippo_lightning.inference.photo_background import photo_for_config
 from pippo_lightning.inference.photo_framing import FramedPhoto, frame_for_config
 from pippo_lightning.inference.pipeline import (
     CheckpointError,
@@ -157,7 +158,7 @@ def generate(cfg: DictConfig) -> GenerateResult:
     start = time.perf_counter()
     ckpt = required(cfg, "ckpt", CheckpointError, "/path/to/checkpoints/last.ckpt")
     # Photo and cameras are checked before the (slow) model load so bad input fails at once.
-    photo = read_photo(required(cfg, "photo", PhotoError, "/path/to/photo.jpg"), cfg.background)
+    photo = photo_for_config(cfg, required(cfg, "photo", PhotoError, "/path/to/photo.jpg"))
     check_orbit(cfg)
     framed = frame_for_config(cfg, photo)
     device = pick_device(cfg.device)

@@ -146,6 +146,7 @@ def frame_for_config(cfg: Mapping[str, object], photo: Tensor) -> FramedPhoto | 
     the `photo` extra), `auto` detects where scikit-image is installed, `centre` and an explicit
     `crop_box` keep the photo's own framing (None)."""
     from pippo_lightning.extras import available
+    from pippo_lightning.inference.photo_background import BackgroundSettings
     from pippo_lightning.stages.config import ConfigError
 
     settings = cfg.get("framing") or {}
@@ -164,7 +165,7 @@ def frame_for_config(cfg: Mapping[str, object], photo: Tensor) -> FramedPhoto | 
         photo,
         cfg["reference"],
         cfg["anchor"]["center"],
-        cfg["background"],
+        BackgroundSettings.from_config(cfg.get("background")).color,
         head_height_m=float(settings.get("head_height_m", 0.24)),
         face_box_to_head=float(settings.get("face_box_to_head", 1.6)),
     )

@@ -11,6 +11,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -23,7 +24,7 @@ from pippo_lightning.checkpoints.reading import (
 )
 from pippo_lightning.errors import PippoError
 from pippo_lightning.extras import require
-from pippo_lightning.progress import quiet_hub_bars
+from pippo_lightning.progress import progress_bar, quiet_hub_bars
 from pippo_lightning.sharing.bundle import (
     CARD_FILE,
     CONFIG_FILE,
@@ -116,14 +117,34 @@ def push_checkpoint(
         api = HfApi()
         with hub_errors("push to", repo_id):
             api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-            info = api.upload_folder(
-                repo_id=repo_id,
-                repo_type="model",
-                folder_path=staging,
-                commit_message=commit_message
-                or f"pippo_lightning checkpoint, step {bundle.meta['global_step']}",
+            info = upload_with_progress(
+                api,
+                repo_id,
+                Path(staging),
+                commit_message or f"pippo_lightning checkpoint, step {bundle.meta['global_step']}",
             )
     return str(getattr(info, "commit_url", info))
+
+
+def upload_with_progress(api: Any, repo_id: str, folder: Path, commit_message: str) -> Any:
+    """``upload_folder`` with a progress bar (bytes, ETA): each file's content goes up on its
+    own (``preupload_lfs_files``: LFS / Xet for the large ones), then one commit adds them all
+    (small files travel inline in it). Returns huggingface_hub's CommitInfo."""
+    from huggingface_hub import CommitOperationAdd
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    operations = [
+        CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))
+        for p in files
+    ]
+    sizes = [p.stat().st_size for p in files]
+    with progress_bar(f"upload {repo_id}", sum(sizes), unit="B") as bar:
+        for operation, size in zip(operations, sizes):
+            api.preupload_lfs_files(repo_id, additions=[operation], repo_type="model")
+            bar.advance(size)
+        return api.create_commit(
+            repo_id, operations, commit_message=commit_message, repo_type="model"
+        )
 
 
 def download_repo(repo_id: str, revision: str | None = None) -> Path:

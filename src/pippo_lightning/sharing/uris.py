@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pippo_lightning.errors import PippoError
 from pippo_lightning.extras import require
-from pippo_lightning.progress import quiet_hub_bars
+from pippo_lightning.progress import hub_progress
 
 HF_SCHEME = "hf://"
 
@@ -153,17 +153,18 @@ def hub_snapshot(
 ) -> Path:
     """``snapshot_download`` of the allowed files into the Hugging Face cache (HF_HOME; works
     offline once cached), with one clear error naming ``action`` and ``repo_id`` on failure and
-    the `hub` extra named when huggingface_hub is missing (``purpose``: what needed it)."""
+    the `hub` extra named when huggingface_hub is missing (``purpose``: what needed it).
+    Progress (files, bytes, ETA) shows in our rich display where bars are on."""
     require("huggingface_hub", purpose)
-    quiet_hub_bars()
     from huggingface_hub import snapshot_download
 
-    with hub_errors(action, repo_id):
+    with hub_errors(action, repo_id), hub_progress(f"download {repo_id}") as tqdm_class:
         return Path(
             snapshot_download(
                 repo_id=repo_id,
                 repo_type=repo_type,
                 revision=revision,
                 allow_patterns=allow_patterns,
+                tqdm_class=tqdm_class,
             )
         )
